@@ -1,0 +1,14 @@
+"""Frozen encoders and how to look inside them."""
+from .clip import (
+    TINY_MODELS,
+    BackboneError,
+    CheckpointError,
+    ClipBackbone,
+    ClipSpec,
+    build_clip,
+    check_state_dict,
+    load_clip_checkpoint,
+)
+
+__all__ = ["TINY_MODELS", "BackboneError", "CheckpointError", "ClipBackbone", "ClipSpec", "build_clip",
+           "check_state_dict", "load_clip_checkpoint"]

@@ -1,0 +1,222 @@
+"""Frozen open_clip encoders and the accessors the methods need.
+
+``build_clip`` makes a model from an open_clip architecture name and either a pretrained tag
+(``"openai"``, ``"laion400m_e32"`` — fetched into the open_clip/HF cache on a GPU runner), a
+local checkpoint file, or None for random initialisation (tests and the smoke profile).
+The ``clipad-tiny-*`` architectures in ``configs/`` are registered with open_clip on import:
+they are small random-init ViTs that run through exactly the same code as ``ViT-L-14-336``.
+
+Layer indices are 1-based, as the papers write them ("the 6th, 12th, 18th and 24th layers").
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+from open_clip.factory import load_state_dict as _open_clip_load_state_dict
+from open_clip.model import resize_pos_embed, resize_text_pos_embed
+from torch import nn
+
+from .. import paths
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(CONFIG_DIR)
+TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+
+
+@contextmanager
+def _quiet_random_init():
+    """open_clip warns at every random init; here random init is asked for on purpose."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built, loaded, or fed the given input."""
+
+
+class CheckpointError(BackboneError):
+    """A checkpoint file does not fit the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which CLIP to build.
+
+    model_name: open_clip architecture (``ViT-L-14-336``, ``ViT-B-16-plus-240``, ``clipad-tiny-ViT``).
+    pretrained: pretrained tag, local checkpoint path, or None for random init.
+    image_size: input resolution; positional embeddings are interpolated when it differs from
+        the architecture's (AdaCLIP runs ViT-L-14-336 at 518).
+    """
+
+    model_name: str
+    pretrained: str | None = None
+    image_size: int | None = None
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Fail naming every missing, unexpected or wrongly shaped tensor."""
+    expected = model.state_dict()
+    problems = []
+    for key in sorted(set(expected) - set(state_dict)):
+        problems.append(f"missing tensor {key!r} (shape {list(expected[key].shape)})")
+    for key in sorted(set(state_dict) - set(expected)):
+        problems.append(f"unexpected tensor {key!r}")
+    for key in sorted(set(expected) & set(state_dict)):
+        if tuple(expected[key].shape) != tuple(state_dict[key].shape):
+            problems.append(
+                f"tensor {key!r} has shape {list(state_dict[key].shape)} in the checkpoint "
+                f"but the model expects {list(expected[key].shape)}"
+            )
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model: {shown}. "
+            "Check that the checkpoint belongs to this architecture."
+        )
+
+
+def load_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a local open_clip checkpoint with ``weights_only=True``, checking every tensor first."""
+    path = Path(path)
+    try:
+        state_dict = _open_clip_load_state_dict(str(path), weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    # Position embeddings are interpolated to the requested resolution, as open_clip does.
+    resize_pos_embed(state_dict, model)
+    resize_text_pos_embed(state_dict, model)
+    check_state_dict(model, state_dict, str(path))
+    model.load_state_dict(state_dict, strict=True)
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip model with accessors for patch tokens and embeddings.
+
+    Its parameters never require gradients; methods add their own learnable parts around it.
+    """
+
+    def __init__(self, model: nn.Module, spec: ClipSpec, tokenizer):
+        super().__init__()
+        self.model = model.eval()
+        self.spec = spec
+        self.tokenizer = tokenizer
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        visual = model.visual
+        self.image_size = int(visual.image_size[0])
+        self.patch_size = int(visual.patch_size[0])
+        self.num_layers = len(visual.transformer.resblocks)
+        self.width = int(visual.transformer.width)
+        self.embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else None
+        preprocess = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+
+    def train(self, mode: bool = True):  # the backbone stays in eval mode (no dropout)
+        return super().train(False)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise BackboneError(f"expected images of shape [B, 3, H, W], got {list(images.shape)}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise BackboneError(
+                f"{self.spec.model_name} takes {self.image_size}x{self.image_size} images, got "
+                f"{images.shape[-1]}x{images.shape[-2]}; resize with the backbone's transform first"
+            )
+
+    def _layer_indices(self, layers: Sequence[int]) -> list[int]:
+        bad = [layer for layer in layers if not 1 <= int(layer) <= self.num_layers]
+        if bad:
+            raise BackboneError(
+                f"layer indices {bad} do not exist: {self.spec.model_name} has layers 1..{self.num_layers} (1-based)"
+            )
+        return [int(layer) - 1 for layer in layers]
+
+    def patch_tokens(self, images: torch.Tensor, layers: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Tokens of the chosen transformer layers.
+
+        Args:
+            images: [B, 3, S, S] normalized images at ``image_size``.
+            layers: 1-based layer indices.
+        Returns:
+            (patch tokens per layer, each [B, N, C] with N = (S / patch)^2 and C = width;
+             image embedding [B, D], the model's pooled and projected output, not normalized).
+        """
+        self._check_images(images)
+        output = self.model.visual.forward_intermediates(
+            images, indices=self._layer_indices(layers), output_fmt="NLC", output_extra_tokens=False
+        )
+        return list(output["image_intermediates"]), output["image_features"]
+
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Map intermediate tokens [B, N, C] into the joint embedding space [B, N, D] (ln_post, proj)."""
+        visual = self.model.visual
+        projected = visual.ln_post(tokens)
+        return projected @ visual.proj if visual.proj is not None else projected
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings [B, D]."""
+        self._check_images(images)
+        return self.model.encode_image(images, normalize=normalize)
+
+    def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Text embeddings [P, D] of a list of prompts."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(list(prompts)).to(device)
+        return self.model.encode_text(tokens, normalize=normalize)
+
+
+def build_clip(model_name: str, pretrained: str | None = None, image_size: int | None = None,
+               device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> ClipBackbone:
+    """Build a frozen CLIP backbone.
+
+    Args:
+        model_name: an open_clip architecture or a registered ``clipad-tiny-*`` config.
+        pretrained: a pretrained tag, a local checkpoint path, or None (random init).
+        image_size: input resolution (None = the architecture's own).
+        device: where the model lives.
+        cache_dir: weights cache for tags (default ``$CLIPAD_WEIGHTS`` or the open_clip/HF cache).
+    """
+    known = open_clip.list_models()
+    if model_name not in known:
+        raise BackboneError(f"unknown CLIP architecture {model_name!r}; e.g. {', '.join(TINY_MODELS)}, "
+                            "ViT-B-16, ViT-B-16-plus-240, ViT-L-14-336 (open_clip.list_models() lists all)")
+    spec = ClipSpec(model_name, pretrained, image_size)
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    local_file = pretrained is not None and Path(pretrained).expanduser().is_file()
+    if pretrained is not None and not local_file:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise BackboneError(
+                f"{pretrained!r} is neither a local checkpoint file nor a pretrained tag of {model_name} "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
+        cache = cache_dir or paths.weights_dir()
+        try:
+            model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=str(cache) if cache else None,
+                                           **kwargs)
+        except Exception as exc:
+            raise BackboneError(
+                f"could not load {model_name}/{pretrained} weights: {exc}. On a machine without network, put the "
+                "weights in the cache first (CLIPAD_WEIGHTS or the HF cache) or pass a local checkpoint path."
+            ) from None
+    else:
+        with _quiet_random_init():
+            model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+        if local_file:
+            load_clip_checkpoint(model, Path(pretrained).expanduser())
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return ClipBackbone(model, spec, tokenizer).to(device)

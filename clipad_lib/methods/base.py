@@ -1,0 +1,69 @@
+"""The protocol every method meets the rest of the code through: ``fit`` and ``predict``."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from ..data.transforms import ImageTransform
+
+
+@dataclass
+class Prediction:
+    """What a detector says about a batch.
+
+    image_scores: [B] — higher is more anomalous.
+    anomaly_maps: [B, H, W] at the input resolution — higher is more anomalous.
+    """
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+
+
+@dataclass
+class FitData:
+    """What a method may learn from: k-shot normal references and/or an auxiliary dataset.
+
+    reference_images: [K, 3, S, S] normal images, already transformed, or None.
+    auxiliary: a dataset of annotated images from categories other than the test ones, or None.
+    """
+
+    reference_images: torch.Tensor | None = None
+    auxiliary: Any = None
+
+
+class Detector(abc.ABC):
+    """A method: a config dataclass, an input transform, ``fit`` and ``predict``."""
+
+    name: str
+    config: Any
+
+    @property
+    @abc.abstractmethod
+    def transform(self) -> ImageTransform:
+        """How images must be prepared for :meth:`predict`."""
+
+    @abc.abstractmethod
+    def fit(self, data: FitData) -> "Detector":
+        """Learn what the method learns (memory bank, prompts, adapters); returns self."""
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a batch [B, 3, S, S] of transformed images."""
+
+
+def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, h, w] -> [B, size, size], bilinear (how every CLIP-AD method brings patch maps to pixels)."""
+    return F.interpolate(maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, H, W] Gaussian-smoothed with ``sigma`` pixels (kernel truncated at 4 sigma, like scipy's)."""
+    if sigma <= 0:
+        return maps
+    radius = int(4 * sigma + 0.5)
+    return gaussian_blur(maps.unsqueeze(1), kernel_size=2 * radius + 1, sigma=sigma).squeeze(1)

@@ -1,0 +1,149 @@
+"""Few-shot patch-memory detector on CLIP patch tokens (PatchCore-style nearest neighbour).
+
+The memory bank holds the patch tokens of the k normal reference images at several layers.
+A test patch's anomaly score is its distance to the nearest memory patch of the same layer;
+the per-layer maps are averaged, upsampled to the image, smoothed, and the image score is the
+map's maximum. This is PatchCore (Roth et al., CVPR 2022) with a CLIP backbone, i.e. the
+few-shot memory branch of APRIL-GAN/WinCLIP+, and the baseline the few-shot tables need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones import build_clip
+from ..data.transforms import ImageTransform
+from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_maps
+
+DISTANCES = ("cosine", "euclidean")
+
+
+@dataclass
+class PatchCoreConfig:
+    # Backbone and layers of the APRIL-GAN few-shot branch (APRIL-GAN §3.3 and its code):
+    # ViT-L/14@336 (OpenAI), 518 px input, patch tokens of layers 6, 12, 18, 24.
+    backbone: str = "ViT-L-14-336"
+    pretrained: str | None = "openai"
+    image_size: int = 518
+    layers: tuple[int, ...] = (6, 12, 18, 24)
+    # "cosine" = 1 - max cosine similarity (APRIL-GAN); "euclidean" = PatchCore's L2 distance.
+    distance: str = "cosine"
+    # Average each token with its 3x3 neighbours before matching (PatchCore §3.1 uses 3);
+    # 1 = no aggregation, as APRIL-GAN.
+    neighbourhood: int = 1
+    # Fraction of memory patches kept by greedy coreset selection (PatchCore §3.2: 0.1 / 0.01
+    # in full-shot); 1.0 keeps all, which is what few-shot memories of 1-8 images need.
+    coreset_ratio: float = 1.0
+    coreset_projection_dim: int = 128  # random projection for coreset distances (PatchCore supp. A)
+    # Gaussian smoothing of the final map, sigma = 4 px (PatchCore §4.1; AdaCLIP uses the same).
+    gaussian_sigma: float = 4.0
+    batch_size: int = 8
+    device: str = "cpu"
+    seed: int = 0  # coreset start point and projection
+
+    def __post_init__(self):
+        self.layers = tuple(int(layer) for layer in self.layers)
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be an odd number >= 1, got {self.neighbourhood}")
+
+
+def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed: int) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by greedy k-center selection (PatchCore Alg. 1).
+
+    Distances are taken in a seeded random projection to ``projection_dim`` dimensions, as
+    PatchCore does, to keep selection cheap. features: [M, C]. Returns [count] int64.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if features.shape[1] > projection_dim:
+        projection = torch.randn(features.shape[1], projection_dim, generator=generator).to(features)
+        features = features @ projection
+    start = int(torch.randint(features.shape[0], (1,), generator=generator))
+    chosen = [start]
+    min_distance = torch.linalg.vector_norm(features - features[start], dim=1)
+    for _ in range(count - 1):
+        index = int(torch.argmax(min_distance))
+        chosen.append(index)
+        min_distance = torch.minimum(min_distance, torch.linalg.vector_norm(features - features[index], dim=1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class PatchCoreDetector(Detector):
+    """Nearest-neighbour patch memory on frozen CLIP tokens; ``fit`` takes k normal references."""
+
+    name = "patchcore"
+
+    def __init__(self, config: PatchCoreConfig = PatchCoreConfig(), backbone=None):
+        self.config = config
+        self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device)
+        self._transform = ImageTransform.for_backbone(self.backbone)
+        self.memory: list[torch.Tensor] | None = None
+
+    @property
+    def transform(self) -> ImageTransform:
+        return self._transform
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer [B, N, C] patch features, neighbourhood-averaged and (cosine) normalized."""
+        tokens, _ = self.backbone.patch_tokens(images.to(self.config.device), self.config.layers)
+        grid = self.backbone.grid_size
+        features = []
+        for layer_tokens in tokens:
+            if self.config.neighbourhood > 1:
+                b, n, c = layer_tokens.shape
+                spatial = layer_tokens.transpose(1, 2).reshape(b, c, grid, grid)
+                spatial = F.avg_pool2d(spatial, self.config.neighbourhood, stride=1,
+                                       padding=self.config.neighbourhood // 2, count_include_pad=False)
+                layer_tokens = spatial.reshape(b, c, n).transpose(1, 2)
+            if self.config.distance == "cosine":
+                layer_tokens = F.normalize(layer_tokens, dim=-1)
+            features.append(layer_tokens)
+        return features
+
+    def fit(self, data: FitData) -> "PatchCoreDetector":
+        """Store the patch tokens of ``data.reference_images`` [K, 3, S, S] as the memory bank."""
+        references = data.reference_images
+        if references is None or len(references) == 0:
+            raise ValueError("PatchCoreDetector.fit needs FitData(reference_images=[K, 3, S, S]) with K >= 1")
+        per_layer: list[list[torch.Tensor]] = [[] for _ in self.config.layers]
+        for start in range(0, len(references), self.config.batch_size):
+            for layer, feats in enumerate(self._features(references[start:start + self.config.batch_size])):
+                per_layer[layer].append(feats.reshape(-1, feats.shape[-1]))
+        memory = [torch.cat(chunks) for chunks in per_layer]
+        if self.config.coreset_ratio < 1.0:
+            memory = [
+                bank[greedy_coreset(bank, max(1, int(len(bank) * self.config.coreset_ratio)),
+                                    self.config.coreset_projection_dim, self.config.seed).to(bank.device)]
+                for bank in memory
+            ]
+        self.memory = memory
+        return self
+
+    def _nearest_distance(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """[Q, C] queries vs [M, C] memory -> [Q] distance to the nearest memory row."""
+        if self.config.distance == "cosine":
+            return 1.0 - (queries @ bank.T).max(dim=1).values
+        return torch.cdist(queries, bank).min(dim=1).values
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """images [B, 3, S, S] -> image scores [B] and anomaly maps [B, S, S]."""
+        if self.memory is None:
+            raise RuntimeError("PatchCoreDetector.predict called before fit()")
+        grid = self.backbone.grid_size
+        layer_maps = []
+        for feats, bank in zip(self._features(images), self.memory):
+            b, n, c = feats.shape
+            distances = self._nearest_distance(feats.reshape(-1, c), bank)
+            layer_maps.append(distances.reshape(b, grid, grid))
+        patch_map = torch.stack(layer_maps).mean(dim=0)
+        anomaly_maps = gaussian_smooth(upsample_maps(patch_map, images.shape[-1]), self.config.gaussian_sigma)
+        image_scores = anomaly_maps.flatten(1).max(dim=1).values
+        return Prediction(image_scores=image_scores.cpu(), anomaly_maps=anomaly_maps.cpu())
+

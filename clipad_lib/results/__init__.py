@@ -1,0 +1,19 @@
+"""What we measured: run records, resume by content hash, tables."""
+from .records import (
+    RunOutcome,
+    RunRecord,
+    code_fingerprint,
+    dataset_fingerprint,
+    load_records,
+    read_record,
+    record_path,
+    run_recorded,
+    stable_hash,
+    write_json_atomic,
+    write_record,
+)
+from .tables import format_mean_std, load_reported, paper_vs_ours, records_frame, summary_table, write_table
+
+__all__ = ["RunOutcome", "RunRecord", "code_fingerprint", "dataset_fingerprint", "format_mean_std",
+           "load_records", "load_reported", "paper_vs_ours", "read_record", "record_path", "records_frame",
+           "run_recorded", "stable_hash", "summary_table", "write_json_atomic", "write_record", "write_table"]

@@ -1,0 +1,132 @@
+"""Tables rendered from run records (CSV + Markdown), and paper-vs-ours comparisons.
+
+Our metrics are stored in [0, 1]; tables show them in percent, as the papers print them.
+Reported numbers live in CSV files (``clipad_lib/papers/<paper>/reported.csv``) with the
+columns ``table, method, dataset, category, setting, metric, value, source`` — ``value`` as
+printed in the paper (percent).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..metrics.suite import IMAGE_METRICS, PIXEL_METRICS
+from .records import RunRecord
+
+ALL_METRICS = IMAGE_METRICS + PIXEL_METRICS
+REPORTED_COLUMNS = ("table", "method", "dataset", "category", "setting", "metric", "value", "source")
+MEAN_ROW = "mean"
+
+
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """Long format: one row per (run, dataset, category, seed, metric) with value in [0, 1]."""
+    rows = [
+        {"run": r.run_name, "method": r.method, "tag": r.tag, "dataset": r.dataset, "category": r.category,
+         "seed": r.seed, "metric": metric, "value": value}
+        for r in records
+        for metric, value in r.metrics.items()
+        if value is not None
+    ]
+    return pd.DataFrame(rows, columns=["run", "method", "tag", "dataset", "category", "seed", "metric", "value"])
+
+
+def summary_table(records: Iterable[RunRecord], metrics: Sequence[str] = ALL_METRICS,
+                  add_mean_row: bool = True) -> pd.DataFrame:
+    """Per (run, dataset, category): mean and std over seeds of each metric, in percent.
+
+    Columns: run, dataset, category, seeds, then ``<metric>`` and ``<metric>_std`` pairs. With
+    ``add_mean_row`` a ``mean`` category per (run, dataset) averages the categories per seed
+    first, then summarizes over seeds (how the papers report dataset averages).
+    """
+    long = records_frame(records)
+    long = long[long["metric"].isin(metrics)]
+    if long.empty:
+        return pd.DataFrame(columns=["run", "dataset", "category", "seeds"])
+    if add_mean_row:
+        per_seed = long.groupby(["run", "dataset", "seed", "metric"], as_index=False)["value"].mean()
+        per_seed["category"] = MEAN_ROW
+        long = pd.concat([long, per_seed], ignore_index=True)
+    grouped = long.groupby(["run", "dataset", "category", "metric"])["value"]
+    stats = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
+    wide = stats["mean"].unstack("metric") * 100
+    std = stats["std"].unstack("metric").add_suffix("_std") * 100
+    seeds = stats["n"].groupby(["run", "dataset", "category"]).max().rename("seeds")
+    ordered = [m for m in metrics if m in wide.columns]
+    table = pd.concat([seeds, wide[ordered], std[[f"{m}_std" for m in ordered]]], axis=1).reset_index()
+    table["_is_mean"] = table["category"] == MEAN_ROW
+    table = table.sort_values(["run", "dataset", "_is_mean", "category"]).drop(columns="_is_mean")
+    return table.reset_index(drop=True)
+
+
+def format_mean_std(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """Collapse ``m`` / ``m_std`` column pairs into '91.2 ± 0.4' strings for display."""
+    shown = table.copy()
+    for column in [c for c in table.columns if f"{c}_std" in table.columns]:
+        shown[column] = [
+            "–" if pd.isna(m) else (f"{m:.{digits}f}" if n <= 1 else f"{m:.{digits}f} ± {s:.{digits}f}")
+            for m, s, n in zip(table[column], table[f"{column}_std"], table.get("seeds", [1] * len(table)))
+        ]
+        shown = shown.drop(columns=f"{column}_std")
+    return shown
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def write_table(table: pd.DataFrame, path_stem: str | Path, display: pd.DataFrame | None = None,
+                digits: int = 1) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` (numbers) and ``<stem>.md`` (formatted), each atomically.
+
+    Both texts are rendered before either file is touched, so a failure leaves no half table.
+    """
+    stem = Path(path_stem)
+    csv_text = table.to_csv(index=False, float_format="%.4f")
+    display = display if display is not None else format_mean_std(table, digits)
+    markdown_text = display.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    _atomic_write_text(csv_path, csv_text)
+    _atomic_write_text(md_path, markdown_text)
+    return csv_path, md_path
+
+
+def load_reported(path: str | Path) -> pd.DataFrame:
+    """Read a CSV of reported numbers and check its columns."""
+    reported = pd.read_csv(path, dtype={"category": str, "setting": str}, keep_default_na=False)
+    missing = set(REPORTED_COLUMNS) - set(reported.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected {list(REPORTED_COLUMNS)}")
+    reported["value"] = pd.to_numeric(reported["value"], errors="raise")
+    return reported
+
+
+def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
+                  on: Sequence[str] = ("method", "dataset", "category", "metric"),
+                  digits: int = 1) -> pd.DataFrame:
+    """Put reported numbers beside ours: ``paper | ours | Δ`` (percent; Δ = ours − paper).
+
+    Args:
+        ours: a long frame as from :func:`records_frame` (values in [0, 1]); seeds are averaged.
+        reported: a frame as from :func:`load_reported` (values in percent).
+        on: the keys that identify one number in both.
+    Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run").
+    """
+    keys = list(on)
+    our_means = ours.groupby(keys, as_index=False)["value"].mean()
+    our_means["ours"] = our_means["value"] * 100
+    paper = reported.rename(columns={"value": "paper"})
+    merged = paper.merge(our_means[keys + ["ours"]], on=keys, how="left")
+    merged["Δ"] = merged["ours"] - merged["paper"]
+    merged["status"] = np.where(merged["ours"].isna(), "reported, not re-run", "re-run")
+    for column in ("paper", "ours", "Δ"):
+        merged[column] = merged[column].round(digits)
+    extra = [c for c in ("table", "setting") if c in merged.columns and c not in keys]
+    return merged[extra + keys + ["paper", "ours", "Δ", "status", "source"]]
