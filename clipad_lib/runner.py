@@ -1,0 +1,86 @@
+"""Headless execution of the notebooks with papermill, one profile at a time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from . import paths
+from .profiles import profile_parameters
+
+NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
+
+
+@dataclass
+class NotebookResult:
+    notebook: Path
+    output: Path
+    ok: bool
+    error: str = ""
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as YAML (``4``, ``[0, 1]``, ``null``, ``cuda``)."""
+    if "=" not in text:
+        raise ValueError(f"parameter {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def resolve_notebooks(names: Sequence[str]) -> list[Path]:
+    """Notebook paths from names or paths; all of ``notebooks/`` in order when none are given."""
+    if not names:
+        return sorted(NOTEBOOKS_DIR.glob("[0-9]*.ipynb"))
+    resolved = []
+    for name in names:
+        candidates = [Path(name), NOTEBOOKS_DIR / name, NOTEBOOKS_DIR / f"{name}.ipynb"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            available = ", ".join(p.stem for p in sorted(NOTEBOOKS_DIR.glob("*.ipynb")))
+            raise FileNotFoundError(f"no notebook {name!r}; available: {available}")
+        resolved.append(found.resolve())
+    return resolved
+
+
+def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: bool,
+                        results_dir: Path) -> dict:
+    """The profile's parameters that the notebook declares, plus results_dir/resume and overrides.
+
+    An override the notebook does not declare is an error (a typo would silently do nothing).
+    """
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        raise ValueError(f"{notebook.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
+    values = {**profile_parameters(profile), "results_dir": str(results_dir), "resume": resume, **overrides}
+    return {key: value for key, value in values.items() if key in declared}
+
+
+def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = None, resume: bool = False,
+                  results_root: Path | None = None, progress: bool = True) -> list[NotebookResult]:
+    """Execute notebooks into ``results/<profile>/``; a failing notebook does not stop the others."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    results_dir = Path(results_root) if results_root else paths.results_dir(profile)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for notebook in resolve_notebooks(names):
+        output = results_dir / notebook.name
+        parameters = notebook_parameters(notebook, profile, overrides or {}, resume, results_dir)
+        print(f"[clipad] {notebook.name} ({profile}) -> {output}", flush=True)
+        try:
+            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                       cwd=str(notebook.parent), progress_bar=progress)
+            results.append(NotebookResult(notebook, output, True))
+        except PapermillExecutionError as exc:
+            source = "\n".join("    " + line for line in (exc.source or "").splitlines()[:12])
+            message = (f"cell {exc.cell_index} (execution count {exc.exec_count}) raised "
+                       f"{exc.ename}: {exc.evalue}\n{source}")
+            print(f"[clipad] FAILED {notebook.name}: {message}", flush=True)
+            results.append(NotebookResult(notebook, output, False, message))
+    return results
