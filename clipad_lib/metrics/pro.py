@@ -131,7 +131,9 @@ def _aupro_clip_ad(masks, maps, fpr_limit: float, max_step: int) -> float:
     pro_weight = _pro_weights(regions, region_area)
     is_normal = regions == 0
     scores = maps.reshape(-1)
-    low, high = float(scores.min()), float(scores.max())
+    # Thresholds in the maps' own dtype, as the reference code computes them (float32 maps give
+    # float32 thresholds); float64 arithmetic would move the result in the 5th decimal.
+    low, high = scores.min(), scores.max()
     if not high > low:
         raise MetricInputError("aupro: the anomaly maps are constant; no threshold separates anything")
     thresholds = np.arange(low, high, (high - low) / max_step)

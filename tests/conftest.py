@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated cache (so the synthetic set is generated as a new user's would be)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Before clipad_lib is imported anywhere: caches and results go to a throwaway folder.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="clipad-tests-"))
+os.environ["CLIPAD_CACHE"] = str(_SESSION_DIR / "cache")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root() -> Path:
+    from clipad_lib.data import ensure_synthetic_dataset
+
+    return ensure_synthetic_dataset()
+
+
+@pytest.fixture(scope="session")
+def synthetic_train(synthetic_root):
+    from clipad_lib.data import load_dataset
+
+    return load_dataset("synthetic", "train", root=synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def synthetic_test(synthetic_root):
+    from clipad_lib.data import load_dataset
+
+    return load_dataset("synthetic", "test", root=synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from clipad_lib.backbones import build_clip
+
+    torch.manual_seed(0)
+    return build_clip("clipad-tiny-ViT", None, image_size=64)

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from clipad_lib.backbones import BackboneError, CheckpointError, build_clip
+from clipad_lib.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
+
+
+def test_patch_tokens_shapes(tiny_backbone):
+    images = torch.randn(2, 3, 64, 64)
+    tokens, pooled = tiny_backbone.patch_tokens(images, [2, 4, 8])
+    assert [t.shape for t in tokens] == [torch.Size([2, 64, 64])] * 3  # 8x8 patches of width 64
+    assert pooled.shape == (2, 32)
+    assert tiny_backbone.project_tokens(tokens[0]).shape == (2, 64, 32)
+    assert tiny_backbone.encode_text(["a photo of a flawless pill", "a photo of a damaged pill"]).shape == (2, 32)
+
+
+def test_last_layer_tokens_agree_with_the_plain_forward(tiny_backbone):
+    images = torch.randn(1, 3, 64, 64)
+    tokens, pooled = tiny_backbone.patch_tokens(images, [tiny_backbone.num_layers])
+    visual = tiny_backbone.model.visual
+    with torch.no_grad():
+        expected = visual(images)
+    torch.testing.assert_close(pooled, expected)
+    assert tokens[0].shape[1] == tiny_backbone.grid_size ** 2
+
+
+def test_backbone_is_frozen(tiny_backbone):
+    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    tiny_backbone.train()
+    assert not tiny_backbone.model.training
+
+
+def test_bad_inputs_fail_clearly(tiny_backbone):
+    with pytest.raises(BackboneError, match=r"layer indices \[9\] do not exist: .* layers 1..8"):
+        tiny_backbone.patch_tokens(torch.randn(1, 3, 64, 64), [2, 9])
+    with pytest.raises(BackboneError, match="takes 64x64 images, got 96x96"):
+        tiny_backbone.patch_tokens(torch.randn(1, 3, 96, 96), [2])
+    with pytest.raises(BackboneError, match=r"\[B, 3, H, W\]"):
+        tiny_backbone.encode_image(torch.randn(3, 64, 64))
+    with pytest.raises(BackboneError, match="unknown CLIP architecture"):
+        build_clip("ViT-Q-99")
+    with pytest.raises(BackboneError, match="neither a local checkpoint file nor a pretrained tag"):
+        build_clip("ViT-B-16", pretrained="no-such-tag")
+
+
+def test_local_checkpoint_round_trip_and_resize(tmp_path, tiny_backbone):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    loaded = build_clip("clipad-tiny-ViT", pretrained=str(path), image_size=64)
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.encode_image(images), tiny_backbone.encode_image(images))
+    resized = build_clip("clipad-tiny-ViT", pretrained=str(path), image_size=96)  # positional embedding interpolated
+    assert resized.patch_tokens(torch.randn(1, 3, 96, 96), [1])[0][0].shape == (1, 144, 64)
+
+
+def test_checkpoint_of_the_wrong_shape_names_the_tensor(tmp_path, tiny_backbone):
+    state = dict(tiny_backbone.model.state_dict())
+    state["visual.proj"] = torch.zeros(64, 16)
+    del state["text_projection"]
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as error:
+        build_clip("clipad-tiny-ViT", pretrained=str(path))
+    message = str(error.value)
+    assert "'visual.proj' has shape [64, 16] in the checkpoint but the model expects [64, 32]" in message
+    assert "missing tensor 'text_projection'" in message
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        build_clip("clipad-tiny-ViT", pretrained=str(garbage))
+
+
+def test_transform_resizes_normalizes_and_keeps_masks_binary():
+    transform = ImageTransform(size=32)
+    image = np.full((50, 70, 3), 255, np.uint8)
+    tensor = transform.image(image)
+    assert tensor.shape == (3, 32, 32)
+    expected = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(tensor[:, 0, 0], expected)
+    mask = np.zeros((50, 70), bool)
+    mask[10:30, 20:50] = True
+    resized = transform.mask(mask)
+    assert resized.dtype == torch.bool and resized.shape == (32, 32) and 0 < resized.sum() < 32 * 32
+    assert not transform.mask(None).any()
+    assert transform.describe()["interpolation"] == "bicubic"
+    torch.testing.assert_close(transform.unnormalize(tensor[None])[0, 0, 0], torch.ones(3))

@@ -1,0 +1,74 @@
+"""The notebooks run headless in the smoke profile; failures are reported by cell."""
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from clipad_lib import cli
+from clipad_lib.runner import NOTEBOOKS_DIR, parse_parameter, run_notebooks
+
+
+def test_committed_notebooks_are_stripped_and_parameterized():
+    notebooks = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), path.name
+        assert "parameters" in cells[1]["metadata"].get("tags", []) or any(
+            "parameters" in c["metadata"].get("tags", []) for c in cells), path.name
+
+
+def test_notebook_00_runs_in_the_smoke_profile(tmp_path, synthetic_root):
+    results = run_notebooks(["00_data_and_metrics"], "smoke", {"seeds": [0], "categories": ["pill", "weave"]},
+                            results_root=tmp_path, progress=False)
+    assert results[0].ok, results[0].error
+    assert (tmp_path / "00_data_and_metrics.ipynb").is_file()
+    table = pd.read_csv(tmp_path / "tables" / "00_patchcore_4shot_synthetic.csv")
+    assert list(table["category"]) == ["pill", "weave", "mean"]
+    assert table.set_index("category").loc["mean", "pixel_auroc"] > 70
+    assert len(list((tmp_path / "records").rglob("seed0.json"))) == 2
+    assert (tmp_path / "figures" / "00_samples_synthetic.png").stat().st_size > 0
+    assert (tmp_path / "kshot" / "synthetic" / "pill" / "k4-seed0.json").is_file()
+    # Resume: the records are read back, not recomputed.
+    again = run_notebooks(["00_data_and_metrics"], "smoke",
+                          {"seeds": [0], "categories": ["pill", "weave"]}, resume=True,
+                          results_root=tmp_path, progress=False)
+    executed = nbformat.read(tmp_path / "00_data_and_metrics.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert again[0].ok and "2 runs, 2 reused" in printed
+
+
+def test_a_failing_notebook_names_its_cell_and_the_others_still_run(tmp_path):
+    broken = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                                 new_code_cell("y = x / 0")])
+    fine = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}), new_code_cell("x + 1")])
+    for name, notebook in (("01_broken.ipynb", broken), ("02_fine.ipynb", fine)):
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(notebook, tmp_path / name)
+    results = run_notebooks([str(tmp_path / "01_broken.ipynb"), str(tmp_path / "02_fine.ipynb")], "smoke",
+                            results_root=tmp_path / "out", progress=False)
+    assert [r.ok for r in results] == [False, True]
+    assert "cell 1" in results[0].error and "ZeroDivisionError" in results[0].error and "x / 0" in results[0].error
+
+
+def test_unknown_parameter_and_notebook_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="has no parameter"):
+        run_notebooks(["00_data_and_metrics"], "smoke", {"shotz": 2}, results_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="available: 00_data_and_metrics"):
+        run_notebooks(["99_nothing"], "smoke", results_root=tmp_path)
+    assert parse_parameter("seeds=[0, 1]") == ("seeds", [0, 1])
+    assert parse_parameter("pretrained=null") == ("pretrained", None)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_parameter("seeds")
+
+
+def test_cli_data_commands(tmp_path, synthetic_root, capsys):
+    assert cli.main(["data", "verify", "synthetic"]) == 0
+    assert "OK: the copy matches its manifest" in capsys.readouterr().out
+    assert cli.main(["data", "verify", "mvtec", "--root", str(tmp_path)]) == 1
+    assert "category 'bottle' is missing" in capsys.readouterr().out
+    assert cli.main(["data", "list"]) == 0
+    assert "MVTec AD" in capsys.readouterr().out
+    assert cli.main(["run", "99_nothing"]) == 2

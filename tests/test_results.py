@@ -1,0 +1,97 @@
+import json
+
+import pandas as pd
+import pytest
+
+from clipad_lib.results import (
+    RunOutcome,
+    format_mean_std,
+    load_records,
+    load_reported,
+    paper_vs_ours,
+    record_path,
+    records_frame,
+    run_recorded,
+    summary_table,
+    write_table,
+)
+
+COMMON = dict(method="patchcore", dataset="synthetic", protocol={"resolution": 128, "aupro_variant": "mvtec"},
+              tag="4shot")
+
+
+def _run(results_dir, category, seed, value, config=None, resume=False, calls=None):
+    def run():
+        if calls is not None:
+            calls.append((category, seed))
+        return RunOutcome({"image_auroc": value, "pixel_auroc": value / 2, "aupro": None}, {"predict_s": 1.0})
+
+    return run_recorded(results_dir=results_dir, config=config or {"k": 4}, category=category, seed=seed, run=run,
+                        resume=resume, **COMMON)
+
+
+def test_record_is_written_with_provenance(tmp_path):
+    record, reused = _run(tmp_path, "pill", 0, 0.9)
+    assert not reused
+    path = record_path(tmp_path, "patchcore", "4shot", "synthetic", "pill", 0)
+    stored = json.loads(path.read_text())
+    assert stored["metrics"]["image_auroc"] == 0.9 and stored["protocol"]["aupro_variant"] == "mvtec"
+    assert stored["packages"]["torch"] and stored["code_fingerprint"] and stored["device"].startswith("cpu")
+    assert stored["input_hash"] == record.input_hash
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_resume_skips_unchanged_runs_and_reruns_changed_ones(tmp_path):
+    calls = []
+    _run(tmp_path, "pill", 0, 0.9, calls=calls)
+    _, reused = _run(tmp_path, "pill", 0, 0.9, resume=True, calls=calls)
+    assert reused and calls == [("pill", 0)]
+    _, reused = _run(tmp_path, "pill", 0, 0.9, config={"k": 8}, resume=True, calls=calls)
+    assert not reused and len(calls) == 2
+    _, reused = _run(tmp_path, "pill", 0, 0.9, calls=calls)  # without resume: always recomputed
+    assert not reused and len(calls) == 3
+
+
+def test_a_failing_run_leaves_no_record(tmp_path):
+    def broken():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        run_recorded(results_dir=tmp_path, config={}, category="pill", seed=0, run=broken, **COMMON)
+    assert not (tmp_path / "records").exists() or not list((tmp_path / "records").rglob("*.json"))
+
+
+def test_summary_table_means_and_stds(tmp_path):
+    for seed, (pill, tile) in enumerate([(0.90, 0.70), (0.94, 0.74)]):
+        _run(tmp_path, "pill", seed, pill)
+        _run(tmp_path, "tile", seed, tile)
+    table = summary_table(load_records(tmp_path), metrics=("image_auroc", "pixel_auroc"))
+    rows = table.set_index("category")
+    assert rows.loc["pill", "image_auroc"] == pytest.approx(92.0)
+    assert rows.loc["pill", "image_auroc_std"] == pytest.approx(2.8284271, rel=1e-6)
+    assert rows.loc["mean", "image_auroc"] == pytest.approx(82.0)  # (80 + 84) / 2
+    assert rows.loc["mean", "image_auroc_std"] == pytest.approx(2.8284271, rel=1e-6)
+    assert list(table["category"]) == ["pill", "tile", "mean"]
+    shown = format_mean_std(table).set_index("category")
+    assert shown.loc["pill", "image_auroc"] == "92.0 ± 2.8"
+    csv_path, md_path = write_table(table, tmp_path / "tables" / "t")
+    assert pd.read_csv(csv_path).shape[0] == 3 and "92.0 ± 2.8" in md_path.read_text()
+
+
+def test_paper_vs_ours(tmp_path):
+    _run(tmp_path, "pill", 0, 0.90)
+    _run(tmp_path, "pill", 1, 0.94)
+    reported = tmp_path / "reported.csv"
+    reported.write_text(
+        "table,method,dataset,category,setting,metric,value,source\n"
+        "T1,patchcore,synthetic,pill,4-shot,image_auroc,95.0,made-up test value\n"
+        "T1,patchcore,synthetic,tile,4-shot,image_auroc,80.0,made-up test value\n"
+    )
+    table = paper_vs_ours(records_frame(load_records(tmp_path)), load_reported(reported)).set_index("category")
+    assert table.loc["pill", "paper"] == 95.0 and table.loc["pill", "ours"] == 92.0
+    assert table.loc["pill", "Δ"] == pytest.approx(-3.0)
+    assert table.loc["tile", "status"] == "reported, not re-run" and pd.isna(table.loc["tile", "ours"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("method,value\nx,1\n")
+    with pytest.raises(ValueError, match="lacks the columns"):
+        load_reported(bad)
