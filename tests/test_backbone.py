@@ -85,3 +85,32 @@ def test_transform_resizes_normalizes_and_keeps_masks_binary():
     assert not transform.mask(None).any()
     assert transform.describe()["interpolation"] == "bicubic"
     torch.testing.assert_close(transform.unnormalize(tensor[None])[0, 0, 0], torch.ones(3))
+
+
+def _register_test_tag(monkeypatch):
+    """A pretrained tag of the tiny architecture whose weights live in a Hugging Face repo id."""
+    import open_clip.pretrained as pretrained
+
+    tags = {"clipad_test": pretrained._pcfg(hf_hub="clipad-test/tiny-clip/")}
+    monkeypatch.setitem(pretrained._PRETRAINED, "clipad-tiny-ViT", tags)
+
+
+def _fill_hf_cache(cache, state_dict):
+    """Lay out a Hugging Face cache holding the repo's weights, as a completed download leaves it."""
+    repo = cache / "models--clipad-test--tiny-clip"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    torch.save(state_dict, repo / "snapshots" / commit / "open_clip_pytorch_model.bin")
+
+
+def test_pretrained_tag_loads_from_the_weights_cache_offline(tmp_path, monkeypatch, tiny_backbone):
+    _register_test_tag(monkeypatch)
+    monkeypatch.setenv("CLIPAD_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(BackboneError, match="put the weights in the cache first"):
+        build_clip("clipad-tiny-ViT", pretrained="clipad_test", image_size=64)
+    _fill_hf_cache(tmp_path / "weights", tiny_backbone.model.state_dict())
+    loaded = build_clip("clipad-tiny-ViT", pretrained="clipad_test", image_size=64)
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.encode_image(images), tiny_backbone.encode_image(images))
