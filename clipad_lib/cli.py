@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .runner import DEFAULT_CELL_TIMEOUT_S
+
 
 def _run(args) -> int:
     from .runner import parse_parameter, run_notebooks
 
     overrides = dict(parse_parameter(p) for p in args.parameter)
-    results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume)
+    results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume,
+                            cell_timeout=args.cell_timeout or None)
     failed = [r for r in results if not r.ok]
     print(f"[clipad] {len(results) - len(failed)} notebook(s) ran, {len(failed)} failed")
     for result in failed:
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (value read as YAML); repeatable")
     run.add_argument("--resume", action="store_true", help="reuse run records whose inputs and code are unchanged")
+    run.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                     help="fail a notebook whose cell runs longer than this (0: no limit)")
     run.set_defaults(handler=_run)
 
     data = commands.add_parser("data", help="dataset manifests")

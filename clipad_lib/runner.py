@@ -11,6 +11,7 @@ from . import paths
 from .profiles import profile_parameters
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
+DEFAULT_CELL_TIMEOUT_S = 4 * 3600  # paper-profile training cells run for hours; a hang still ends
 
 
 @dataclass
@@ -61,8 +62,12 @@ def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: b
 
 
 def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = None, resume: bool = False,
-                  results_root: Path | None = None, progress: bool = True) -> list[NotebookResult]:
-    """Execute notebooks into ``results/<profile>/``; a failing notebook does not stop the others."""
+                  results_root: Path | None = None, progress: bool = True,
+                  cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S) -> list[NotebookResult]:
+    """Execute notebooks into ``results/<profile>/``; a failing notebook does not stop the others.
+
+    A cell running longer than ``cell_timeout`` seconds fails its notebook (None: no limit).
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -75,8 +80,13 @@ def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = N
         print(f"[clipad] {notebook.name} ({profile}) -> {output}", flush=True)
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                                       cwd=str(notebook.parent), progress_bar=progress)
+                                       cwd=str(notebook.parent), progress_bar=progress,
+                                       execution_timeout=cell_timeout)
             results.append(NotebookResult(notebook, output, True))
+        except TimeoutError as exc:  # nbclient's CellTimeoutError is a TimeoutError
+            message = f"a cell ran past the {cell_timeout} s cell timeout: {exc}"
+            print(f"[clipad] FAILED {notebook.name}: {message}", flush=True)
+            results.append(NotebookResult(notebook, output, False, message))
         except PapermillExecutionError as exc:
             source = "\n".join("    " + line for line in (exc.source or "").splitlines()[:12])
             message = (f"cell {exc.cell_index} (execution count {exc.exec_count}) raised "

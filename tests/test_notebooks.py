@@ -72,3 +72,13 @@ def test_cli_data_commands(tmp_path, synthetic_root, capsys):
     assert cli.main(["data", "list"]) == 0
     assert "MVTec AD" in capsys.readouterr().out
     assert cli.main(["run", "99_nothing"]) == 2
+
+
+def test_a_hanging_cell_fails_at_the_cell_timeout(tmp_path):
+    slow = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                               new_code_cell("import time; time.sleep(60)")])
+    slow.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(slow, tmp_path / "slow.ipynb")
+    [result] = run_notebooks([str(tmp_path / "slow.ipynb")], "smoke", results_root=tmp_path / "out",
+                             progress=False, cell_timeout=3)
+    assert not result.ok and "cell timeout" in result.error

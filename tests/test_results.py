@@ -95,3 +95,16 @@ def test_paper_vs_ours(tmp_path):
     bad.write_text("method,value\nx,1\n")
     with pytest.raises(ValueError, match="lacks the columns"):
         load_reported(bad)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from clipad_lib.io import UMASK, atomic_write
+
+    path = atomic_write(tmp_path / "a" / "b.json", "{}")
+    assert path.read_text() == "{}" and (path.stat().st_mode & 0o777) == (0o666 & ~UMASK)
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+    os.chmod(path, 0o444)
+    atomic_write(path, "[]")  # replacing works even over a read-only file
+    assert path.read_text() == "[]"

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from .sample import NORMAL, AnomalyDataset, DatasetError, SampleRecord
 
 
@@ -39,14 +38,9 @@ def sample_k_shot(train: AnomalyDataset, category: str, k: int, seed: int) -> li
 def write_k_shot_list(path: Path, records: list[SampleRecord], *, dataset: str, category: str, k: int,
                       seed: int, root: Path | None = None) -> Path:
     """Write the chosen reference files as JSON (paths relative to ``root`` when given), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     files = [str(r.image_path.relative_to(root)) if root else str(r.image_path) for r in records]
     payload = {"dataset": dataset, "category": category, "k": k, "seed": seed, "files": files}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
-    return path
+    return atomic_write(path, json.dumps(payload, indent=2))
 
 
 def read_k_shot_list(path: Path, root: Path | None = None) -> list[Path]:

@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .. import paths
+from ..io import UMASK
 
 GENERATOR_VERSION = 1
 TEXTURES = ("brushed", "checker", "grain", "weave")
@@ -232,6 +233,7 @@ def ensure_synthetic_dataset(seed: int = 0, spec: SyntheticSpec = SyntheticSpec(
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    staging.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset is for every user
     try:
         _generate_into(staging, spec, seed)
         (staging / "GENERATED.json").write_text(

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import paths
+from ..io import atomic_write
 
 TRACKED_PACKAGES = ("clipad", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
                     "scikit-learn", "pillow")
@@ -133,16 +133,8 @@ def record_path(results_dir: Path, method: str, tag: str, dataset: str, category
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(payload), indent=2, sort_keys=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-    return path
+    """Write JSON atomically (see :func:`clipad_lib.io.atomic_write`)."""
+    return atomic_write(path, json.dumps(_jsonable(payload), indent=2, sort_keys=True))
 
 
 def write_record(record: RunRecord, results_dir: Path) -> Path:

@@ -7,14 +7,13 @@ printed in the paper (percent).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..io import atomic_write
 from ..metrics.suite import IMAGE_METRICS, PIXEL_METRICS
 from .records import RunRecord
 
@@ -75,13 +74,6 @@ def format_mean_std(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     return shown
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def write_table(table: pd.DataFrame, path_stem: str | Path, display: pd.DataFrame | None = None,
                 digits: int = 1) -> tuple[Path, Path]:
     """Write ``<stem>.csv`` (numbers) and ``<stem>.md`` (formatted), each atomically.
@@ -93,8 +85,8 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, display: pd.DataFram
     display = display if display is not None else format_mean_std(table, digits)
     markdown_text = display.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _atomic_write_text(csv_path, csv_text)
-    _atomic_write_text(md_path, markdown_text)
+    atomic_write(csv_path, csv_text)
+    atomic_write(md_path, markdown_text)
     return csv_path, md_path
 
 

@@ -1,8 +1,7 @@
 """Figures built from samples and evaluations; notebooks call these and save the results."""
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -10,16 +9,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..data import AnomalyDataset
+from ..io import atomic_write
 
 
 def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     """Save a figure as PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as handle:
-        figure.savefig(handle, dpi=dpi, bbox_inches="tight", format="png")
-    os.replace(handle.name, path)
-    return path
+    return atomic_write(path, _png_bytes(figure, dpi))
+
+
+def _png_bytes(figure, dpi: int = 120) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=dpi, bbox_inches="tight", format="png")
+    return buffer.getvalue()
 
 
 def sample_grid(dataset: AnomalyDataset, per_category: int = 3, categories: Sequence[str] | None = None):
@@ -76,32 +77,32 @@ def anomaly_overlays(images: np.ndarray, anomaly_maps: np.ndarray, masks: np.nda
 def heatmap_explorer(images: np.ndarray, anomaly_maps: np.ndarray, masks: np.ndarray, titles: Sequence[str]):
     """An ipywidgets explorer: pick a sample and an overlay opacity, see image, mask and map.
 
-    Returns the widget (display it in JupyterLab); papermill renders its initial state.
+    The picture is an ``ipywidgets.Image`` re-rendered on every slider change: no output
+    capture, so it also runs headless under papermill (which records its first state).
     """
     import ipywidgets as widgets
 
-    output = widgets.Output()
+    picture = widgets.Image(format="png")
     index = widgets.IntSlider(0, 0, len(images) - 1, description="sample")
     opacity = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity")
+    low, high = float(anomaly_maps.min()), float(anomaly_maps.max())
 
-    def draw(*_):
-        with output:
-            output.clear_output(wait=True)
-            figure, axes = plt.subplots(1, 2, figsize=(6, 3))
-            i = index.value
-            axes[0].imshow(images[i])
-            if masks[i].any():
-                axes[0].contour(masks[i], levels=[0.5], colors="lime", linewidths=0.8)
-            axes[0].set_title(titles[i], fontsize=8)
-            axes[1].imshow(images[i])
-            axes[1].imshow(anomaly_maps[i], cmap="jet", alpha=opacity.value,
-                           vmin=float(anomaly_maps.min()), vmax=float(anomaly_maps.max()))
-            axes[1].set_title("anomaly map", fontsize=8)
-            for axis in axes:
-                axis.axis("off")
-            plt.show()
+    def render(*_):
+        i = index.value
+        figure, axes = plt.subplots(1, 2, figsize=(6, 3))
+        axes[0].imshow(images[i])
+        if masks[i].any():
+            axes[0].contour(masks[i], levels=[0.5], colors="lime", linewidths=0.8)
+        axes[0].set_title(titles[i], fontsize=8)
+        axes[1].imshow(images[i])
+        axes[1].imshow(anomaly_maps[i], cmap="jet", alpha=opacity.value, vmin=low, vmax=high)
+        axes[1].set_title("anomaly map", fontsize=8)
+        for axis in axes:
+            axis.axis("off")
+        picture.value = _png_bytes(figure)
+        plt.close(figure)
 
-    index.observe(draw, names="value")
-    opacity.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([index, opacity]), output])
+    index.observe(render, names="value")
+    opacity.observe(render, names="value")
+    render()
+    return widgets.VBox([widgets.HBox([index, opacity]), picture])
