@@ -1,0 +1,71 @@
+"""Text prompt ensembles: state words x templates, averaged into one normal and one abnormal embedding.
+
+The state words are WinCLIP's compositional prompt ensemble (Jeong et al., CVPR 2023), shared by
+APRIL-GAN and AdaCLIP; the template lists differ per method and are given with their source.
+Every sentence embedding is normalized, the sentences of a state are averaged, and the average
+is normalized again (as all three code bases do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                 "{} without damage")
+ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+
+# AdaCLIP's text embedding layer (official code, method/adaclip.py): four templates.
+ADACLIP_TEMPLATES = ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+                     "a cropped photo of the {}.")
+
+# APRIL-GAN's prompt_ensemble.py: the 35 templates.
+APRILGAN_TEMPLATES = (
+    "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.",
+    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+    "a bright photo of the {}.", "a cropped photo of a {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a photo of one {}.",
+    "a close-up photo of the {}.", "a photo of a {}.", "a low resolution photo of a {}.", "a photo of a large {}.",
+    "a blurry photo of a {}.", "a jpeg corrupted photo of the {}.", "a good photo of a {}.",
+    "a photo of the small {}.", "a photo of the large {}.", "a black and white photo of a {}.",
+    "a dark photo of a {}.", "a photo of a cool {}.", "a photo of a small {}.", "there is a {} in the scene.",
+    "there is the {} in the scene.", "this is a {} in the scene.", "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+
+@dataclass(frozen=True)
+class PromptEnsemble:
+    templates: tuple[str, ...]
+    normal_states: tuple[str, ...] = NORMAL_STATES
+    abnormal_states: tuple[str, ...] = ABNORMAL_STATES
+
+    @property
+    def normal_count(self) -> int:
+        return len(self.normal_states) * len(self.templates)
+
+    def sentences(self, class_name: str) -> list[str]:
+        """All sentences for one class: the normal ones first, then the abnormal ones."""
+        return [template.format(state.format(class_name))
+                for states in (self.normal_states, self.abnormal_states)
+                for state in states
+                for template in self.templates]
+
+
+ADACLIP_ENSEMBLE = PromptEnsemble(ADACLIP_TEMPLATES)
+APRILGAN_ENSEMBLE = PromptEnsemble(APRILGAN_TEMPLATES)
+
+
+def prompt_class_name(folder_name: str) -> str:
+    """The class name put into sentences: the folder name with '-' read as a space (AdaCLIP)."""
+    return folder_name.replace("-", " ")
+
+
+def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int) -> torch.Tensor:
+    """[..., P, D] sentence embeddings (normal first) -> [..., 2, D] normalized (normal, abnormal)."""
+    embeddings = F.normalize(sentence_embeddings, dim=-1)
+    normal = F.normalize(embeddings[..., :normal_count, :].mean(dim=-2), dim=-1)
+    abnormal = F.normalize(embeddings[..., normal_count:, :].mean(dim=-2), dim=-1)
+    return torch.stack([normal, abnormal], dim=-2)
