@@ -14,7 +14,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import open_clip
 import torch
@@ -62,9 +62,9 @@ class ClipSpec:
     image_size: int | None = None
 
 
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Fail naming every missing, unexpected or wrongly shaped tensor."""
-    expected = model.state_dict()
+def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+                     source: str) -> None:
+    """Fail naming every missing, unexpected or wrongly shaped tensor of ``state_dict``."""
     problems = []
     for key in sorted(set(expected) - set(state_dict)):
         problems.append(f"missing tensor {key!r} (shape {list(expected[key].shape)})")
@@ -94,7 +94,7 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
     # Position embeddings are interpolated to the requested resolution, as open_clip does.
     resize_pos_embed(state_dict, model)
     resize_text_pos_embed(state_dict, model)
-    check_state_dict(model, state_dict, str(path))
+    check_state_dict(model.state_dict(), state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -180,7 +180,8 @@ class ClipBackbone(nn.Module):
 
 
 def build_clip(model_name: str, pretrained: str | None = None, image_size: int | None = None,
-               device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> ClipBackbone:
+               device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+               quick_gelu: bool = False) -> ClipBackbone:
     """Build a frozen CLIP backbone.
 
     Args:
@@ -189,6 +190,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
         image_size: input resolution (None = the architecture's own).
         device: where the model lives.
         cache_dir: weights cache for tags (default ``$CLIPAD_WEIGHTS`` or the open_clip/HF cache).
+        quick_gelu: use QuickGELU, as OpenAI's CLIP was trained; open_clip's default for the plain
+            architecture names is exact GELU, which is what AdaCLIP's released checkpoints expect.
     """
     known = open_clip.list_models()
     if model_name not in known:
@@ -196,6 +199,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
                             "ViT-B-16, ViT-B-16-plus-240, ViT-L-14-336 (open_clip.list_models() lists all)")
     spec = ClipSpec(model_name, pretrained, image_size)
     kwargs = {"force_image_size": image_size} if image_size else {}
+    if quick_gelu:
+        kwargs["force_quick_gelu"] = True
     local_file = pretrained is not None and Path(pretrained).expanduser().is_file()
     if pretrained is not None and not local_file:
         tags = open_clip.list_pretrained_tags_by_model(model_name)

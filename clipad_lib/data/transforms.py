@@ -85,5 +85,6 @@ class TransformedDataset(torch.utils.data.Dataset):
             "image": self.transform.image(sample.image),
             "mask": self.transform.mask(sample.mask),
             "label": sample.label,
+            "category": sample.category,
             "index": index,
         }

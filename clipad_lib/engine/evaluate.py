@@ -64,7 +64,7 @@ def evaluate_detector(detector: Detector, dataset: AnomalyDataset, *, batch_size
     scores, labels, maps, masks = [], [], [], []
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc or f"{detector.name} on {dataset.name}", disable=not progress, leave=False):
-        prediction = detector.predict(batch["image"])
+        prediction = detector.predict(batch["image"], list(batch["category"]))
         if prediction.anomaly_maps.shape[-2:] != batch["mask"].shape[-2:]:
             raise ValueError(
                 f"{detector.name} returned maps of size {tuple(prediction.anomaly_maps.shape[-2:])} for inputs of "

@@ -1,8 +1,9 @@
 """One module per method; each a config dataclass plus a Detector with fit/predict."""
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_maps
+from .adaclip import AdaCLIPConfig, AdaCLIPDetector
 from .patchcore import PatchCoreConfig, PatchCoreDetector
 
-METHODS = {"patchcore": (PatchCoreConfig, PatchCoreDetector)}
+METHODS = {"patchcore": (PatchCoreConfig, PatchCoreDetector), "adaclip": (AdaCLIPConfig, AdaCLIPDetector)}
 
-__all__ = ["METHODS", "Detector", "FitData", "PatchCoreConfig", "PatchCoreDetector", "Prediction",
+__all__ = ["METHODS", "AdaCLIPConfig", "AdaCLIPDetector", "Detector", "FitData", "PatchCoreConfig", "PatchCoreDetector", "Prediction",
            "gaussian_smooth", "upsample_maps"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +52,12 @@ class Detector(abc.ABC):
         """Learn what the method learns (memory bank, prompts, adapters); returns self."""
 
     @abc.abstractmethod
-    def predict(self, images: torch.Tensor) -> Prediction:
-        """Score a batch [B, 3, S, S] of transformed images."""
+    def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
+        """Score a batch [B, 3, S, S] of transformed images.
+
+        ``class_names`` (one per image, the dataset's category names) feed the text prompts of
+        CLIP methods; methods that use no text ignore them.
+        """
 
 
 def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:

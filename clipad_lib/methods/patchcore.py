@@ -132,8 +132,8 @@ class PatchCoreDetector(Detector):
         return torch.cdist(queries, bank).min(dim=1).values
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        """images [B, 3, S, S] -> image scores [B] and anomaly maps [B, S, S]."""
+    def predict(self, images: torch.Tensor, class_names=None) -> Prediction:
+        """images [B, 3, S, S] -> image scores [B] and anomaly maps [B, S, S] (class names unused)."""
         if self.memory is None:
             raise RuntimeError("PatchCoreDetector.predict called before fit()")
         grid = self.backbone.grid_size

@@ -1,0 +1,380 @@
+"""AdaCLIP: hybrid learnable prompts in both CLIP encoders for zero-shot anomaly detection.
+
+Cao et al., "AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly
+Detection", ECCV 2024 (``../shared/seeds/001_a06492d418158629.txt``).
+
+Pipeline (§4): a frozen CLIP whose first J layers in both encoders take hybrid prompts
+(:mod:`clipad_lib.backbones.prompted`); a learnable linear projection (with bias) of the patch
+tokens of four layers and of the image embedding; per-layer patch-text logits
+``100 · patch · text`` (Eq. 4); anomaly maps upsampled bilinearly, and at test time the layers'
+logits averaged before the softmax, then Gaussian smoothing (σ = 4); the image score from the
+Hybrid Semantic Fusion embedding against the same text embeddings (§4.6–4.7).
+
+Where the official code (which produced the released checkpoints) differs from the paper's
+wording, the default follows the code and the paper is an option:
+
+* text prompt placement (``text_placement``): see the prompted-transformer module;
+* HSF (``hsf_centroids``): k-means on the top 5·K patches by abnormal probability with the
+  layers' projected tokens concatenated, then the mean of *all* K centroids (``"all"``);
+  ``"top"`` keeps only the cluster with the highest mean anomaly score, as §4.6 describes.
+  Empty clusters are left out of the mean (the official code would average in a NaN);
+* the image embedding is ``normalize(0.2 · HSF + 0.8 · CLS)``;
+* OpenAI weights run with exact GELU (``quick_gelu=False``), as the official model code does.
+
+Unlike the official trainer we train at any batch size (its dynamic text prompts only work at
+batch size 1; here every image conditions its own text embeddings) and never select an epoch
+on test data: the model after the last epoch is the model.
+"""
+from __future__ import annotations
+
+import io
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..backbones import CheckpointError, build_clip, check_state_dict
+from ..backbones.prompted import PromptConfig, PromptedCLIP
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.transforms import ImageTransform
+from ..engine.seed import seed_everything
+from ..io import atomic_write
+from ..losses import dice_loss, focal_loss
+from .base import Detector, FitData, Prediction, gaussian_smooth
+from .kmeans import batched_kmeans
+from .text_prompts import ADACLIP_ENSEMBLE, prompt_class_name, state_embeddings
+
+IMAGE_SCORES = ("hsf", "cls", "max")
+HSF_CENTROIDS = ("all", "top")
+PROJECTIONS = ("learnable", "frozen")
+CHECKPOINT_FORMAT = "clipad-adaclip-v1"
+
+
+@dataclass
+class AdaCLIPConfig:
+    backbone: str = "ViT-L-14-336"       # §5.1 Implementation Details
+    pretrained: str | None = "openai"     # §5.1
+    image_size: int = 518                 # §5.1: all images resized to 518x518
+    layers: tuple[int, ...] = (6, 12, 18, 24)  # §5.1: patch embeddings of the 6th, 12th, 18th, 24th layers
+    prompt_length: int = 5                # M, §5.1
+    prompt_depth: int = 4                 # J, §5.1
+    static_prompts: bool = True           # hybrid = static + dynamic (§4.3; Tab. 3 ablates each)
+    dynamic_prompts: bool = True
+    prompt_image: bool = True             # prompting encoders (supp. Tab. 2)
+    prompt_text: bool = True
+    text_placement: str = "official"      # official code; "paper" = Eq. 1–2 wording
+    projection: str = "learnable"         # linear with bias (§4.4); "frozen" = CLIP's own ln_post+proj (supp. Tab. 5)
+    image_score: str = "hsf"              # "hsf" (§4.6), "max" of the map (Tab. 4 w/o HSF), "cls" (official use_hsf=False)
+    hsf_clusters: int = 20                # K (supp. §2.2, Tab. 3)
+    hsf_top_factor: int = 5               # official code: k-means on the top 5·K patches
+    hsf_centroids: str = "all"            # official code; "top" = highest-scoring cluster (§4.6)
+    hsf_alpha: float = 0.2                # official code: normalize(0.2·HSF + 0.8·CLS)
+    gaussian_sigma: float = 4.0           # official test code (gaussian_filter, sigma=4)
+    epochs: int = 5                       # official train.py
+    learning_rate: float = 0.01           # official train.py
+    betas: tuple[float, float] = (0.5, 0.999)  # official trainer (AdamW)
+    batch_size: int = 1                   # official train.py (its code only runs at 1; ours runs at any size)
+    mosaic_prob: float = 0.0              # official AdaCLIP data path uses none; APRIL-GAN uses 0.2
+    quick_gelu: bool = False              # official model code runs OpenAI weights with exact GELU
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.layers = tuple(int(layer) for layer in self.layers)
+        self.betas = tuple(self.betas)
+        for name, value, allowed in (("image_score", self.image_score, IMAGE_SCORES),
+                                     ("hsf_centroids", self.hsf_centroids, HSF_CENTROIDS),
+                                     ("projection", self.projection, PROJECTIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.hsf_clusters < 1 or self.hsf_top_factor < 1:
+            raise ValueError("hsf_clusters and hsf_top_factor must be >= 1")
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(length=self.prompt_length, depth=self.prompt_depth, static=self.static_prompts,
+                            dynamic=self.dynamic_prompts, image=self.prompt_image, text=self.prompt_text,
+                            text_placement=self.text_placement)
+
+
+def hybrid_semantic_fusion(patch_tokens: Sequence[torch.Tensor], layer_logits: Sequence[torch.Tensor],
+                           clusters: int, top_factor: int, centroids: str, seed: int) -> torch.Tensor:
+    """The HSF embedding of every image (AdaCLIP §4.6, supp. §2.2, official code).
+
+    Args:
+        patch_tokens: per layer [B, N, D] projected, normalized patch tokens.
+        layer_logits: per layer [B, N, 2] patch-text logits (normal, abnormal).
+        clusters: K; top_factor: k-means runs on the top ``top_factor · K`` patches.
+        centroids: "all" (mean of all non-empty cluster centroids) or "top" (the cluster with the
+            highest mean abnormal probability).
+    Returns:
+        [B, D] normalized. Gradients flow to the tokens (the clustering itself is not differentiated).
+    """
+    abnormal = torch.softmax(torch.stack(list(layer_logits)).mean(dim=0), dim=-1)[..., 1]  # [B, N]
+    top = min(abnormal.shape[1], top_factor * clusters)
+    indices = abnormal.topk(top, dim=1).indices  # [B, k]
+    selected = torch.stack([t.gather(1, indices[..., None].expand(-1, -1, t.shape[-1])) for t in patch_tokens],
+                           dim=1)  # [B, L, k, D]
+    batch, layers, _, dim = selected.shape
+    features = selected.permute(0, 2, 1, 3).reshape(batch, top, layers * dim)
+    labels, _ = batched_kmeans(features.detach(), min(clusters, top), seed=seed)
+    one_hot = F.one_hot(labels, min(clusters, top)).to(selected.dtype)  # [B, k, K]
+    sizes = one_hot.sum(dim=1)  # [B, K]
+    sums = torch.einsum("bkc,blkd->bcd", one_hot, selected)  # sum over members and layers: [B, K, D]
+    centres = sums / (sizes * layers).clamp_min(1)[..., None]
+    present = sizes > 0
+    if centroids == "all":
+        fused = (centres * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True)
+    else:
+        cluster_score = (one_hot * abnormal.gather(1, indices)[..., None]).sum(dim=1) / sizes.clamp_min(1)
+        best = cluster_score.masked_fill(~present, -1.0).argmax(dim=1)
+        fused = centres[torch.arange(batch, device=centres.device), best]
+    return F.normalize(fused, dim=-1)
+
+
+class AdaCLIPModel(nn.Module):
+    """The learnable parts around a frozen CLIP: prompts, projections. Shapes in :meth:`forward`."""
+
+    def __init__(self, config: AdaCLIPConfig, backbone=None):
+        super().__init__()
+        self.config = config
+        backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device,
+                                          quick_gelu=config.quick_gelu)
+        backbone._layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
+        self.prompted = PromptedCLIP(backbone, config.prompt_config())
+        self.backbone = backbone
+        embed_dim = backbone.embed_dim
+        if config.projection == "learnable":
+            self.patch_projection = nn.ModuleList(nn.Linear(backbone.width, embed_dim) for _ in config.layers)
+            self.cls_projection = nn.Linear(embed_dim, embed_dim)
+        else:
+            self.patch_projection = None
+            self.cls_projection = None
+        self.ensemble = ADACLIP_ENSEMBLE
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.to(config.device)
+
+    def clear_text_cache(self) -> None:
+        """Forget cached text embeddings (after training or loading prompts)."""
+        self._text_cache = {}
+
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the learnable tensors (the frozen backbone is not saved)."""
+        return {k: v for k, v in self.state_dict().items() if not (k.startswith("backbone.") or ".backbone." in k)}
+
+    def _project_patches(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.patch_projection is None:
+            return [F.normalize(self.backbone.project_tokens(t), dim=-1) for t in tokens]
+        return [F.normalize(linear(t), dim=-1) for linear, t in zip(self.patch_projection, tokens)]
+
+    def _text(self, class_names: Sequence[str], dynamic_source: torch.Tensor | None) -> torch.Tensor:
+        """[B, 2, D] normalized (normal, abnormal) text embeddings, one pair per image."""
+        device = next(self.parameters()).device
+        per_image = self.prompted.text_dynamic is not None
+        result: list[torch.Tensor | None] = [None] * len(class_names)
+        for name in sorted(set(class_names)):
+            rows = [i for i, n in enumerate(class_names) if n == name]
+            if not per_image and not self.training and name in self._text_cache:
+                embedding = self._text_cache[name]
+            else:
+                tokens = self.backbone.tokenizer(self.ensemble.sentences(prompt_class_name(name))).to(device)
+                source = dynamic_source[rows] if per_image else None
+                sentences = self.prompted.encode_text(tokens, dynamic_source=source)
+                embedding = state_embeddings(sentences, self.ensemble.normal_count)  # [2, D] or [n, 2, D]
+                if not per_image and not self.training:
+                    self._text_cache[name] = embedding
+            for j, row in enumerate(rows):
+                result[row] = embedding[j] if per_image else embedding
+        return torch.stack(result)
+
+    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor | list]:
+        """images [B, 3, S, S] -> per-layer logits [B, N, 2], image probabilities [B, 2]."""
+        config = self.config
+        dynamic_source = self.prompted.frozen_image_embedding(images) if config.dynamic_prompts else None
+        pooled, tokens = self.prompted.encode_image(images, config.layers, dynamic_source)
+        patch_tokens = self._project_patches(tokens)
+        image_embedding = F.normalize(self.cls_projection(pooled) if self.cls_projection is not None else pooled,
+                                      dim=-1)
+        text = self._text(class_names, dynamic_source)  # [B, 2, D]
+        layer_logits = [100.0 * torch.bmm(t, text.transpose(1, 2)) for t in patch_tokens]  # [B, N, 2] each
+        if config.image_score == "hsf":
+            fused = hybrid_semantic_fusion(patch_tokens, layer_logits, config.hsf_clusters, config.hsf_top_factor,
+                                           config.hsf_centroids, config.seed)
+            image_embedding = F.normalize(config.hsf_alpha * fused + (1 - config.hsf_alpha) * image_embedding, dim=-1)
+        image_probabilities = torch.softmax(100.0 * torch.bmm(image_embedding[:, None], text.transpose(1, 2))[:, 0],
+                                            dim=-1)
+        return {"layer_logits": layer_logits, "image_probabilities": image_probabilities}
+
+    def upsampled(self, layer_logits: torch.Tensor, size: int) -> torch.Tensor:
+        """[B, N, 2] -> [B, 2, size, size] (bilinear, align_corners=True as the official code)."""
+        batch, count, _ = layer_logits.shape
+        grid = int(round(count ** 0.5))
+        maps = layer_logits.transpose(1, 2).reshape(batch, 2, grid, grid)
+        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True)
+
+
+_OFFICIAL_KEYS = (
+    (r"clip_model\.text_prompter\.static_prompts\.(\d+)", r"prompted.text_static.\1"),
+    (r"clip_model\.visual_prompter\.static_prompts\.(\d+)", r"prompted.image_static.\1"),
+    (r"clip_model\.patch_token_layer\.head\.(\d+)\.(weight|bias)", r"patch_projection.\1.\2"),
+    (r"clip_model\.cls_token_layer\.head\.0\.(weight|bias)", r"cls_projection.\1"),
+    (r"clip_model\.dynamic_visual_prompt_generator\.head\.(\d+)\.(weight|bias)", r"prompted.image_dynamic.head.\1.\2"),
+    (r"clip_model\.dynamic_text_prompt_generator\.head\.(\d+)\.(weight|bias)", r"prompted.text_dynamic.head.\1.\2"),
+)
+
+
+def map_official_adaclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of an official AdaCLIP checkpoint (``pretrained_*.pth``) to ours.
+
+    A key that matches no rule is an error naming it.
+    """
+    mapped = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _OFFICIAL_KEYS:
+            if re.fullmatch(pattern, key):
+                mapped[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            raise CheckpointError(f"unexpected key {key!r} in the official AdaCLIP checkpoint; "
+                                  f"expected keys under clip_model.{{text_prompter, visual_prompter, patch_token_layer, "
+                                  "cls_token_layer, dynamic_visual_prompt_generator, dynamic_text_prompt_generator}")
+    return mapped
+
+
+class AdaCLIPDetector(Detector):
+    """AdaCLIP behind the fit/predict protocol: ``fit`` trains on auxiliary data, ``predict`` is zero-shot."""
+
+    name = "adaclip"
+
+    def __init__(self, config: AdaCLIPConfig = AdaCLIPConfig(), backbone=None):
+        self.config = config
+        seed_everything(config.seed)  # the learnable parts' initialisation
+        self.model = AdaCLIPModel(config, backbone)
+        self._transform = ImageTransform.for_backbone(self.model.backbone)
+        self.trained_categories: list[str] = []
+        self.loss_history: list[float] = []
+
+    @property
+    def transform(self) -> ImageTransform:
+        return self._transform
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        device = self.config.device
+        images, masks = batch["image"].to(device), batch["mask"].to(device)
+        labels = torch.as_tensor(batch["label"], device=device)
+        output = self.model(images, list(batch["category"]))
+        loss = focal_loss(output["image_probabilities"], labels)
+        for logits in output["layer_logits"]:
+            probabilities = torch.softmax(self.model.upsampled(logits, images.shape[-1]), dim=1)
+            loss = loss + focal_loss(probabilities, masks) + dice_loss(probabilities[:, 1], masks) \
+                + dice_loss(probabilities[:, 0], 1 - masks)
+        return loss
+
+    def fit(self, data: FitData) -> "AdaCLIPDetector":
+        """Train the prompts and projections on ``data.auxiliary`` (an AnomalyDataset or a list of them).
+
+        Shows a progress bar with the running loss; ``loss_history`` keeps the mean loss per epoch.
+        """
+        auxiliary = data.auxiliary
+        if auxiliary is None:
+            raise ValueError("AdaCLIPDetector.fit needs FitData(auxiliary=<annotated datasets of other categories>)")
+        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        config = self.config
+        seed_everything(config.seed)
+        training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("nothing to train: prompts are off and the projection is frozen")
+        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=config.betas)
+        loader_generator = torch.Generator().manual_seed(config.seed)
+        self.model.train()
+        self.model.clear_text_cache()
+        self.loss_history = []
+        start = time.perf_counter()
+        for epoch in range(config.epochs):
+            training_set.epoch = epoch
+            loader = torch.utils.data.DataLoader(training_set, batch_size=config.batch_size, shuffle=True,
+                                                 generator=loader_generator)
+            losses = []
+            progress = tqdm(loader, desc=f"AdaCLIP epoch {epoch + 1}/{config.epochs}", leave=False)
+            for batch in progress:
+                loss = self._loss(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                progress.set_postfix(loss=f"{np.mean(losses):.4f}")
+            self.loss_history.append(float(np.mean(losses)))
+        self.model.eval()
+        self.model.clear_text_cache()
+        self.trained_categories = training_set.categories
+        self.fit_seconds = time.perf_counter() - start
+        return self
+
+    # -- inference --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
+        """images [B, 3, S, S] and their category names -> scores [B] and maps [B, S, S]."""
+        if class_names is None or len(class_names) != len(images):
+            raise ValueError("AdaCLIP needs one class name per image (its text prompts name the object)")
+        try:
+            check_zero_shot(self.trained_categories, class_names)
+        except ZeroShotViolation as exc:
+            raise ZeroShotViolation(f"refusing to predict: {exc}") from None
+        self.model.eval()
+        output = self.model(images.to(self.config.device), list(class_names))
+        size = images.shape[-1]
+        logits = torch.stack([self.model.upsampled(l, size) for l in output["layer_logits"]]).mean(dim=0)
+        maps = gaussian_smooth(torch.softmax(logits, dim=1)[:, 1], self.config.gaussian_sigma)
+        if self.config.image_score == "max":
+            scores = maps.flatten(1).max(dim=1).values
+        else:
+            scores = output["image_probabilities"][:, 1]
+        return Prediction(image_scores=scores.float().cpu(), anomaly_maps=maps.float().cpu())
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Save the learnable parameters only (plus the config and the training categories)."""
+        buffer = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(self.config),
+                    "trained_categories": self.trained_categories,
+                    "state_dict": self.model.learnable_state_dict()}, buffer)
+        return atomic_write(path, buffer.getvalue())
+
+    def _load_learnable(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        check_state_dict(self.model.learnable_state_dict(), state_dict, source)
+        self.model.load_state_dict(state_dict, strict=False)
+        self.model.clear_text_cache()
+
+    def load_checkpoint(self, path: str | Path) -> "AdaCLIPDetector":
+        """Load a checkpoint written by :meth:`save_checkpoint`; a wrong tensor is named."""
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not a clipad AdaCLIP checkpoint; for the authors' "
+                                  "pretrained_*.pth files use load_official_checkpoint")
+        self._load_learnable(payload["state_dict"], str(path))
+        self.trained_categories = list(payload.get("trained_categories", []))
+        return self
+
+    def load_official_checkpoint(self, path: str | Path, trained_categories: Sequence[str] = ()) -> "AdaCLIPDetector":
+        """Load an official AdaCLIP release (``pretrained_mvtec_colondb.pth``, ...) by explicit key mapping.
+
+        ``trained_categories`` names what it was trained on, so zero-shot use can be enforced.
+        """
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        self._load_learnable(map_official_adaclip_keys(state_dict), str(path))
+        self.trained_categories = list(trained_categories)
+        return self
