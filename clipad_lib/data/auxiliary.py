@@ -22,7 +22,7 @@ def _normalized(name: str) -> str:
 def check_zero_shot(auxiliary_categories: Iterable[str], test_categories: Iterable[str]) -> None:
     """Refuse auxiliary data whose categories overlap the test categories (case, '-', '_' ignored)."""
     auxiliary = {_normalized(c): c for c in auxiliary_categories}
-    overlap = sorted(c for c in test_categories if _normalized(c) in auxiliary)
+    overlap = sorted({c for c in test_categories if _normalized(c) in auxiliary})
     if overlap:
         raise ZeroShotViolation(
             f"auxiliary training data contains the test categories {overlap}; zero-shot evaluation needs "

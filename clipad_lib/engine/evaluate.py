@@ -77,6 +77,7 @@ def evaluate_detector(detector: Detector, dataset: AnomalyDataset, *, batch_size
     predict_seconds = time.perf_counter() - start
     image_scores, labels_array = np.concatenate(scores), np.concatenate(labels)
     anomaly_maps, masks_array = np.concatenate(maps), np.concatenate(masks)
+    image_scores = detector.finalize_scores(image_scores, anomaly_maps, [r.category for r in dataset.records])
     start = time.perf_counter()
     metrics = detection_metrics(labels_array, image_scores, masks_array if dataset.has_pixel_labels else None,
                                 anomaly_maps, aupro_variant=aupro_variant)

@@ -47,7 +47,7 @@ from ..data.transforms import ImageTransform
 from ..engine.seed import seed_everything
 from ..io import atomic_write
 from ..losses import dice_loss, focal_loss
-from .base import Detector, FitData, Prediction, gaussian_smooth
+from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
 from .kmeans import batched_kmeans
 from .text_prompts import ADACLIP_ENSEMBLE, prompt_class_name, state_embeddings
 
@@ -211,13 +211,6 @@ class AdaCLIPModel(nn.Module):
                                             dim=-1)
         return {"layer_logits": layer_logits, "image_probabilities": image_probabilities}
 
-    def upsampled(self, layer_logits: torch.Tensor, size: int) -> torch.Tensor:
-        """[B, N, 2] -> [B, 2, size, size] (bilinear, align_corners=True as the official code)."""
-        batch, count, _ = layer_logits.shape
-        grid = int(round(count ** 0.5))
-        maps = layer_logits.transpose(1, 2).reshape(batch, 2, grid, grid)
-        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True)
-
 
 _OFFICIAL_KEYS = (
     (r"clip_model\.text_prompter\.static_prompts\.(\d+)", r"prompted.text_static.\1"),
@@ -273,7 +266,7 @@ class AdaCLIPDetector(Detector):
         output = self.model(images, list(batch["category"]))
         loss = focal_loss(output["image_probabilities"], labels)
         for logits in output["layer_logits"]:
-            probabilities = torch.softmax(self.model.upsampled(logits, images.shape[-1]), dim=1)
+            probabilities = torch.softmax(upsample_patch_logits(logits, images.shape[-1]), dim=1)
             loss = loss + focal_loss(probabilities, masks) + dice_loss(probabilities[:, 1], masks) \
                 + dice_loss(probabilities[:, 0], 1 - masks)
         return loss
@@ -333,7 +326,7 @@ class AdaCLIPDetector(Detector):
         self.model.eval()
         output = self.model(images.to(self.config.device), list(class_names))
         size = images.shape[-1]
-        logits = torch.stack([self.model.upsampled(l, size) for l in output["layer_logits"]]).mean(dim=0)
+        logits = torch.stack([upsample_patch_logits(l, size) for l in output["layer_logits"]]).mean(dim=0)
         maps = gaussian_smooth(torch.softmax(logits, dim=1)[:, 1], self.config.gaussian_sigma)
         if self.config.image_score == "max":
             scores = maps.flatten(1).max(dim=1).values

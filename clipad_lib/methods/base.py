@@ -51,6 +51,15 @@ class Detector(abc.ABC):
     def fit(self, data: FitData) -> "Detector":
         """Learn what the method learns (memory bank, prompts, adapters); returns self."""
 
+    def finalize_scores(self, image_scores, anomaly_maps, class_names: Sequence[str]):
+        """Dataset-level post-processing of image scores after every batch is predicted.
+
+        image_scores: [N] numpy; anomaly_maps: [N, S, S] numpy. The default changes nothing;
+        a method whose published recipe normalizes over the test set (APRIL-GAN few-shot)
+        overrides it, so that step is explicit.
+        """
+        return image_scores
+
     @abc.abstractmethod
     def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
         """Score a batch [B, 3, S, S] of transformed images.
@@ -63,6 +72,15 @@ class Detector(abc.ABC):
 def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     """[B, h, w] -> [B, size, size], bilinear (how every CLIP-AD method brings patch maps to pixels)."""
     return F.interpolate(maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+
+
+def upsample_patch_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, N, 2] patch-text logits -> [B, 2, size, size], bilinear with align_corners=True
+    (as the APRIL-GAN and AdaCLIP code bases upsample them)."""
+    batch, count, states = logits.shape
+    grid = int(round(count ** 0.5))
+    maps = logits.transpose(1, 2).reshape(batch, states, grid, grid)
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True)
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:

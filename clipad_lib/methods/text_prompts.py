@@ -69,3 +69,11 @@ def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int) -> to
     normal = F.normalize(embeddings[..., :normal_count, :].mean(dim=-2), dim=-1)
     abnormal = F.normalize(embeddings[..., normal_count:, :].mean(dim=-2), dim=-1)
     return torch.stack([normal, abnormal], dim=-2)
+
+
+@torch.no_grad()
+def frozen_text_embeddings(backbone, ensemble: PromptEnsemble, class_name: str) -> torch.Tensor:
+    """[2, D] (normal, abnormal) embeddings of one class from a frozen CLIP text tower."""
+    device = next(backbone.model.parameters()).device
+    tokens = backbone.tokenizer(ensemble.sentences(prompt_class_name(class_name))).to(device)
+    return state_embeddings(backbone.model.encode_text(tokens), ensemble.normal_count)

@@ -1,0 +1,212 @@
+"""APRIL-GAN: learnable linear projections of CLIP patch tokens, zero- and few-shot.
+
+Chen et al., "A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023
+VAND Workshop Challenge" (APRIL-GAN). Facts from its official code (ByChelsea/VAND-APRIL-GAN):
+
+* zero-shot: one ``Linear(width -> embed_dim)`` per layer maps the raw patch tokens (no
+  ``ln_post``) of layers 6, 12, 18, 24 of ViT-L/14@336 at 518 px into the text space; per layer
+  ``softmax(100 · patch · text)`` upsampled bilinearly (align_corners) — the abnormal channels
+  are *summed* over layers (no smoothing); image score = softmax(100 · CLIP image embedding ·
+  text)[abnormal]. Text: the 35-template ensemble.
+* training on auxiliary data: focal + dice (abnormal channel) per layer, Adam(lr 1e-3,
+  betas 0.5/0.999), 3 epochs (MVTec) with the 4-image mosaic at rate 0.2.
+* few-shot: a memory of the k references' raw tokens per layer; the map adds
+  ``Σ_layers min(1 − cos)`` upsampled; the image score becomes
+  ``0.5 · (text probability + per-class min-max normalised map maximum)`` over the test set
+  (:meth:`finalize_scores`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..backbones import CheckpointError, build_clip, check_state_dict
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.transforms import ImageTransform
+from ..engine.seed import seed_everything
+from ..losses import dice_loss, focal_loss
+from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
+from .text_prompts import APRILGAN_ENSEMBLE, frozen_text_embeddings
+
+
+@dataclass
+class AprilGANConfig:
+    backbone: str = "ViT-L-14-336"           # official train.sh / test scripts
+    pretrained: str | None = "openai"
+    quick_gelu: bool = True                  # its open_clip loads OpenAI weights with QuickGELU, as CLIP was trained
+    image_size: int = 518                    # official scripts
+    layers: tuple[int, ...] = (6, 12, 18, 24)           # --features_list
+    few_shot_layers: tuple[int, ...] = (6, 12, 18, 24)  # --few_shot_features
+    epochs: int = 3                          # train.sh on MVTec (15 when trained on VisA)
+    learning_rate: float = 0.001             # train.py
+    betas: tuple[float, float] = (0.5, 0.999)  # train.py (Adam)
+    batch_size: int = 64                     # train.sh
+    mosaic_prob: float = 0.2                 # train.sh --aug_rate 0.2 (MVTec)
+    gaussian_sigma: float = 0.0              # its test.py does not smooth the maps
+    device: str = "cpu"
+    seed: int = 111                          # train.py setup_seed(111)
+
+    def __post_init__(self):
+        self.layers = tuple(int(layer) for layer in self.layers)
+        self.few_shot_layers = tuple(int(layer) for layer in self.few_shot_layers)
+        self.betas = tuple(self.betas)
+
+
+class AprilGANDetector(Detector):
+    """``fit(FitData(auxiliary=...))`` trains the projections; ``reference_images`` add the few-shot memory."""
+
+    name = "aprilgan"
+
+    def __init__(self, config: AprilGANConfig = AprilGANConfig(), backbone=None):
+        self.config = config
+        seed_everything(config.seed)
+        self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size,
+                                               config.device, quick_gelu=config.quick_gelu)
+        self.backbone._layer_indices(config.layers + config.few_shot_layers)
+        self.projections = nn.ModuleList(nn.Linear(self.backbone.width, self.backbone.embed_dim)
+                                         for _ in config.layers).to(config.device)
+        self._transform = ImageTransform.for_backbone(self.backbone)
+        self._text: dict[str, torch.Tensor] = {}
+        self.memory: list[torch.Tensor] | None = None
+        self.trained_categories: list[str] = []
+        self.loss_history: list[float] = []
+
+    @property
+    def transform(self) -> ImageTransform:
+        return self._transform
+
+    @property
+    def few_shot(self) -> bool:
+        return self.memory is not None
+
+    def _text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """[B, 2, D], cached per class (the text tower is frozen)."""
+        for name in set(class_names):
+            if name not in self._text:
+                self._text[name] = frozen_text_embeddings(self.backbone, APRILGAN_ENSEMBLE, name)
+        return torch.stack([self._text[name] for name in class_names])
+
+    def _layer_logits(self, tokens: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer [B, N, 2] = 100 · normalize(linear(token)) · text."""
+        return [100.0 * torch.bmm(F.normalize(linear(t), dim=-1), text.transpose(1, 2))
+                for linear, t in zip(self.projections, tokens)]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(self, data: FitData) -> "AprilGANDetector":
+        """Train on ``data.auxiliary`` (if given) and store ``data.reference_images`` (if given) as memory."""
+        if data.auxiliary is None and data.reference_images is None:
+            raise ValueError("AprilGANDetector.fit needs auxiliary data, reference images, or both")
+        if data.auxiliary is not None:
+            self._train(data.auxiliary)
+        self.memory = self._memory(data.reference_images) if data.reference_images is not None else None
+        return self
+
+    def _train(self, auxiliary) -> None:
+        config = self.config
+        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        seed_everything(config.seed)
+        training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
+        optimizer = torch.optim.Adam(self.projections.parameters(), lr=config.learning_rate, betas=config.betas)
+        generator = torch.Generator().manual_seed(config.seed)
+        self.loss_history = []
+        start = time.perf_counter()
+        for epoch in range(config.epochs):
+            training_set.epoch = epoch
+            loader = torch.utils.data.DataLoader(training_set, batch_size=config.batch_size, shuffle=True,
+                                                 generator=generator)
+            losses = []
+            progress = tqdm(loader, desc=f"APRIL-GAN epoch {epoch + 1}/{config.epochs}", leave=False)
+            for batch in progress:
+                images, masks = batch["image"].to(config.device), batch["mask"].to(config.device)
+                with torch.no_grad():
+                    tokens, _ = self.backbone.patch_tokens(images, config.layers)
+                text = self._text_embeddings(list(batch["category"]))
+                loss = images.new_zeros(())
+                for logits in self._layer_logits(tokens, text):
+                    probabilities = torch.softmax(upsample_patch_logits(logits, images.shape[-1]), dim=1)
+                    loss = loss + focal_loss(probabilities, masks) + dice_loss(probabilities[:, 1], masks)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                progress.set_postfix(loss=f"{np.mean(losses):.4f}")
+            self.loss_history.append(float(np.mean(losses)))
+        self.trained_categories = training_set.categories
+        self.fit_seconds = time.perf_counter() - start
+
+    @torch.no_grad()
+    def _memory(self, references: torch.Tensor) -> list[torch.Tensor]:
+        """Per few-shot layer [K·N, C] normalized raw patch tokens of the references."""
+        tokens, _ = self.backbone.patch_tokens(references.to(self.config.device), self.config.few_shot_layers)
+        return [F.normalize(t.reshape(-1, t.shape[-1]), dim=-1) for t in tokens]
+
+    # -- inference --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
+        """images [B, 3, S, S] and category names -> scores [B] and maps [B, S, S]."""
+        if class_names is None or len(class_names) != len(images):
+            raise ValueError("APRIL-GAN needs one class name per image (its text prompts name the object)")
+        check_zero_shot(self.trained_categories, class_names)
+        config = self.config
+        images = images.to(config.device)
+        size = images.shape[-1]
+        tokens, pooled = self.backbone.patch_tokens(images, config.layers)
+        text = self._text_embeddings(list(class_names))
+        image_embedding = F.normalize(pooled, dim=-1)
+        scores = torch.softmax(100.0 * torch.bmm(image_embedding[:, None], text.transpose(1, 2))[:, 0], dim=-1)[:, 1]
+        maps = sum(torch.softmax(upsample_patch_logits(logits, size), dim=1)[:, 1]
+                   for logits in self._layer_logits(tokens, text))
+        if self.few_shot:
+            query, _ = self.backbone.patch_tokens(images, config.few_shot_layers)
+            for layer_tokens, bank in zip(query, self.memory):
+                distance = 1.0 - (F.normalize(layer_tokens, dim=-1) @ bank.T).max(dim=-1).values  # [B, N]
+                maps = maps + upsample_patch_logits(distance[..., None], size)[:, 0]
+        maps = gaussian_smooth(maps, config.gaussian_sigma)
+        return Prediction(image_scores=scores.float().cpu(), anomaly_maps=maps.float().cpu())
+
+    def finalize_scores(self, image_scores, anomaly_maps, class_names):
+        """Few-shot: 0.5 · (text probability + per-class min-max normalized map maximum), as its test.py."""
+        if not self.few_shot:
+            return image_scores
+        fused = np.array(image_scores, dtype=np.float64)
+        maxima = anomaly_maps.reshape(len(anomaly_maps), -1).max(axis=1)
+        names = np.asarray(class_names)
+        for name in np.unique(names):
+            rows = names == name
+            low, high = maxima[rows].min(), maxima[rows].max()
+            normalized = (maxima[rows] - low) / (high - low) if high > low else np.zeros(rows.sum())
+            fused[rows] = 0.5 * (fused[rows] + normalized)
+        return fused
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def load_official_checkpoint(self, path: str | Path, trained_categories: Sequence[str] = ()) -> "AprilGANDetector":
+        """Load the authors' released ``{'trainable_linearlayer': {fc.i.weight, fc.i.bias}}`` file."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        if not isinstance(payload, dict) or "trainable_linearlayer" not in payload:
+            raise CheckpointError(f"{path} has no 'trainable_linearlayer' entry; expected an APRIL-GAN checkpoint")
+        state_dict = {}
+        for key, value in payload["trainable_linearlayer"].items():
+            if not key.startswith("fc."):
+                raise CheckpointError(f"unexpected key {key!r} in {path}; expected fc.<i>.weight / fc.<i>.bias")
+            state_dict[key[len("fc."):]] = value
+        check_state_dict(self.projections.state_dict(), state_dict, str(path))
+        self.projections.load_state_dict(state_dict)
+        self.trained_categories = list(trained_categories)
+        return self
+
+
+__all__ = ["AprilGANConfig", "AprilGANDetector", "ZeroShotViolation"]
