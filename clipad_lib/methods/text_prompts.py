@@ -36,6 +36,20 @@ APRILGAN_TEMPLATES = (
 )
 
 
+# WinCLIP's compositional prompt ensemble (Jeong et al., CVPR 2023, Fig. 6 / supp.): 22 templates,
+# 7 normal and 4 abnormal states (154 and 88 sentences per class).
+WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
+    "a close-up photo of the {}.", "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of the {}.",
+    "a dark photo of a {}.", "a jpeg corrupted photo of a {}.", "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.", "a blurry photo of a {}.", "a photo of a {}.", "a photo of the {}.",
+    "a photo of a small {}.", "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
+)
+WINCLIP_ABNORMAL_STATES = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
+
+
 @dataclass(frozen=True)
 class PromptEnsemble:
     templates: tuple[str, ...]
@@ -56,6 +70,7 @@ class PromptEnsemble:
 
 ADACLIP_ENSEMBLE = PromptEnsemble(ADACLIP_TEMPLATES)
 APRILGAN_ENSEMBLE = PromptEnsemble(APRILGAN_TEMPLATES)
+WINCLIP_ENSEMBLE = PromptEnsemble(WINCLIP_TEMPLATES, abnormal_states=WINCLIP_ABNORMAL_STATES)
 
 
 def prompt_class_name(folder_name: str) -> str:
