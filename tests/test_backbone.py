@@ -114,3 +114,18 @@ def test_pretrained_tag_loads_from_the_weights_cache_offline(tmp_path, monkeypat
     loaded = build_clip("clipad-tiny-ViT", pretrained="clipad_test", image_size=64)
     images = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded.encode_image(images), tiny_backbone.encode_image(images))
+
+
+def test_random_init_is_a_function_of_the_seed_only():
+    torch.manual_seed(123)
+    first = build_clip("clipad-tiny-ViT", image_size=64)
+    state = torch.get_rng_state()
+    torch.manual_seed(999)
+    second = build_clip("clipad-tiny-ViT", image_size=64)
+    other = build_clip("clipad-tiny-ViT", image_size=64, init_seed=1)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert not torch.equal(first.model.visual.proj, other.model.visual.proj)
+    torch.manual_seed(123)
+    build_clip("clipad-tiny-ViT", image_size=64)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched

@@ -82,3 +82,17 @@ def test_a_hanging_cell_fails_at_the_cell_timeout(tmp_path):
     [result] = run_notebooks([str(tmp_path / "slow.ipynb")], "smoke", results_root=tmp_path / "out",
                              progress=False, cell_timeout=3)
     assert not result.ok and "cell timeout" in result.error
+
+
+def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
+    short = {"adaclip_epochs": 1, "aprilgan_epochs": 1, "test_categories": ["pill", "weave"]}
+    [result] = run_notebooks(["10_adaclip_zero_shot"], "smoke", short, results_root=tmp_path, progress=False)
+    assert result.ok, result.error
+    table = pd.read_csv(tmp_path / "tables" / "10_zero_shot_synthetic.csv")
+    assert sorted(set(table["run"])) == ["adaclip-zero-shot", "aprilgan-zero-shot", "winclip-zero-shot"]
+    assert len(list((tmp_path / "figures").glob("10_overlays_*.png"))) == 3
+    [again] = run_notebooks(["10_adaclip_zero_shot"], "smoke", short, resume=True, results_root=tmp_path,
+                            progress=False)
+    executed = nbformat.read(tmp_path / "10_adaclip_zero_shot.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert again.ok and "adaclip: 2 categories, 2 reused, trained=False" in printed

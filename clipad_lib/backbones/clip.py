@@ -181,7 +181,7 @@ class ClipBackbone(nn.Module):
 
 def build_clip(model_name: str, pretrained: str | None = None, image_size: int | None = None,
                device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-               quick_gelu: bool = False) -> ClipBackbone:
+               quick_gelu: bool = False, init_seed: int = 0) -> ClipBackbone:
     """Build a frozen CLIP backbone.
 
     Args:
@@ -192,6 +192,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
         cache_dir: weights cache for tags (default ``$CLIPAD_WEIGHTS`` or the open_clip/HF cache).
         quick_gelu: use QuickGELU, as OpenAI's CLIP was trained; open_clip's default for the plain
             architecture names is exact GELU, which is what AdaCLIP's released checkpoints expect.
+        init_seed: seeds the random initialisation (when no weights are loaded), so a random-init
+            backbone is the same whatever ran before; the caller's RNG state is left untouched.
     """
     known = open_clip.list_models()
     if model_name not in known:
@@ -219,7 +221,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
                 "weights in the cache first (CLIPAD_WEIGHTS or the HF cache) or pass a local checkpoint path."
             ) from None
     else:
-        with _quiet_random_init():
+        with _quiet_random_init(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
             model = open_clip.create_model(model_name, pretrained=None, **kwargs)
         if local_file:
             load_clip_checkpoint(model, Path(pretrained).expanduser())

@@ -7,6 +7,8 @@ from .records import (
     load_records,
     read_record,
     record_path,
+    reusable_record,
+    run_input_hash,
     run_recorded,
     stable_hash,
     write_json_atomic,
@@ -15,5 +17,5 @@ from .records import (
 from .tables import format_mean_std, load_reported, paper_vs_ours, records_frame, summary_table, write_table
 
 __all__ = ["RunOutcome", "RunRecord", "code_fingerprint", "dataset_fingerprint", "format_mean_std",
-           "load_records", "load_reported", "paper_vs_ours", "read_record", "record_path", "records_frame",
+           "load_records", "load_reported", "paper_vs_ours", "read_record", "record_path", "records_frame", "reusable_record", "run_input_hash",
            "run_recorded", "stable_hash", "summary_table", "write_json_atomic", "write_record", "write_table"]

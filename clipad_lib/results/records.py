@@ -160,6 +160,25 @@ class RunOutcome:
     timings: dict = field(default_factory=dict)
 
 
+def run_input_hash(*, method: str, tag: str, config: Any, dataset: str, category: str, seed: int, protocol: dict,
+                   identity: dict | None = None) -> str:
+    """The hash of everything that determines a run's numbers, code included."""
+    return stable_hash({"method": method, "tag": tag, "config": _jsonable(config), "dataset": dataset,
+                        "category": category, "seed": seed, "protocol": protocol, "identity": _jsonable(identity or {}),
+                        "code": code_fingerprint()})
+
+
+def reusable_record(results_dir: Path, method: str, tag: str, dataset: str, category: str, seed: int,
+                    input_hash: str) -> RunRecord | None:
+    """The stored record of this run if its inputs and code are unchanged, else None."""
+    path = record_path(results_dir, method, tag, dataset, category, seed)
+    if path.is_file():
+        existing = read_record(path)
+        if existing.input_hash == input_hash:
+            return existing
+    return None
+
+
 def run_recorded(*, results_dir: Path, method: str, config: Any, dataset: str, category: str, seed: int,
                  protocol: dict, run: Callable[[], RunOutcome], tag: str = "", identity: dict | None = None,
                  device: str = "cpu", resume: bool = False) -> tuple[RunRecord, bool]:
@@ -170,13 +189,11 @@ def run_recorded(*, results_dir: Path, method: str, config: Any, dataset: str, c
     """
     config_dict = _jsonable(config)
     identity = _jsonable(identity or {})
-    input_hash = stable_hash({"method": method, "tag": tag, "config": config_dict, "dataset": dataset,
-                              "category": category, "seed": seed, "protocol": protocol, "identity": identity,
-                              "code": code_fingerprint()})
-    path = record_path(results_dir, method, tag, dataset, category, seed)
-    if resume and path.is_file():
-        existing = read_record(path)
-        if existing.input_hash == input_hash:
+    input_hash = run_input_hash(method=method, tag=tag, config=config, dataset=dataset, category=category,
+                                seed=seed, protocol=protocol, identity=identity)
+    if resume:
+        existing = reusable_record(results_dir, method, tag, dataset, category, seed, input_hash)
+        if existing is not None:
             return existing, True
     outcome = run()
     record = RunRecord(
