@@ -34,17 +34,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..backbones import CheckpointError, build_clip, check_state_dict
 from ..backbones.prompted import PromptConfig, PromptedCLIP
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..engine.seed import seed_everything
+from ..engine.train import train_epochs
 from ..io import atomic_write
 from ..losses import dice_loss, focal_loss
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
@@ -287,25 +286,11 @@ class AdaCLIPDetector(Detector):
         if not parameters:
             raise ValueError("nothing to train: prompts are off and the projection is frozen")
         optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=config.betas)
-        loader_generator = torch.Generator().manual_seed(config.seed)
         self.model.train()
         self.model.clear_text_cache()
-        self.loss_history = []
         start = time.perf_counter()
-        for epoch in range(config.epochs):
-            training_set.epoch = epoch
-            loader = torch.utils.data.DataLoader(training_set, batch_size=config.batch_size, shuffle=True,
-                                                 generator=loader_generator)
-            losses = []
-            progress = tqdm(loader, desc=f"AdaCLIP epoch {epoch + 1}/{config.epochs}", leave=False)
-            for batch in progress:
-                loss = self._loss(batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                progress.set_postfix(loss=f"{np.mean(losses):.4f}")
-            self.loss_history.append(float(np.mean(losses)))
+        self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
+                                         batch_size=config.batch_size, seed=config.seed, desc="AdaCLIP")
         self.model.eval()
         self.model.clear_text_cache()
         self.trained_categories = training_set.categories

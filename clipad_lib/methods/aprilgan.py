@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..backbones import CheckpointError, build_clip, check_state_dict
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..engine.seed import seed_everything
+from ..engine.train import train_epochs
 from ..losses import dice_loss, focal_loss
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
 from .text_prompts import APRILGAN_ENSEMBLE, frozen_text_embeddings
@@ -110,36 +110,28 @@ class AprilGANDetector(Detector):
         self.memory = self._memory(data.reference_images) if data.reference_images is not None else None
         return self
 
+    def _loss(self, batch: dict) -> torch.Tensor:
+        """Focal + dice (abnormal channel) on every layer's map, as its train.py."""
+        config = self.config
+        images, masks = batch["image"].to(config.device), batch["mask"].to(config.device)
+        with torch.no_grad():
+            tokens, _ = self.backbone.patch_tokens(images, config.layers)
+        text = self._text_embeddings(list(batch["category"]))
+        loss = images.new_zeros(())
+        for logits in self._layer_logits(tokens, text):
+            probabilities = torch.softmax(upsample_patch_logits(logits, images.shape[-1]), dim=1)
+            loss = loss + focal_loss(probabilities, masks) + dice_loss(probabilities[:, 1], masks)
+        return loss
+
     def _train(self, auxiliary) -> None:
         config = self.config
         datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
         seed_everything(config.seed)
         training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
         optimizer = torch.optim.Adam(self.projections.parameters(), lr=config.learning_rate, betas=config.betas)
-        generator = torch.Generator().manual_seed(config.seed)
-        self.loss_history = []
         start = time.perf_counter()
-        for epoch in range(config.epochs):
-            training_set.epoch = epoch
-            loader = torch.utils.data.DataLoader(training_set, batch_size=config.batch_size, shuffle=True,
-                                                 generator=generator)
-            losses = []
-            progress = tqdm(loader, desc=f"APRIL-GAN epoch {epoch + 1}/{config.epochs}", leave=False)
-            for batch in progress:
-                images, masks = batch["image"].to(config.device), batch["mask"].to(config.device)
-                with torch.no_grad():
-                    tokens, _ = self.backbone.patch_tokens(images, config.layers)
-                text = self._text_embeddings(list(batch["category"]))
-                loss = images.new_zeros(())
-                for logits in self._layer_logits(tokens, text):
-                    probabilities = torch.softmax(upsample_patch_logits(logits, images.shape[-1]), dim=1)
-                    loss = loss + focal_loss(probabilities, masks) + dice_loss(probabilities[:, 1], masks)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                progress.set_postfix(loss=f"{np.mean(losses):.4f}")
-            self.loss_history.append(float(np.mean(losses)))
+        self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
+                                         batch_size=config.batch_size, seed=config.seed, desc="APRIL-GAN")
         self.trained_categories = training_set.categories
         self.fit_seconds = time.perf_counter() - start
 

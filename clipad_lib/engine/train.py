@@ -1,0 +1,37 @@
+"""The training loop shared by the methods that learn from auxiliary data."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.auxiliary import AuxiliaryTrainingSet
+
+
+def train_epochs(step: Callable[[dict], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 training_set: AuxiliaryTrainingSet, *, epochs: int, batch_size: int, seed: int,
+                 desc: str) -> list[float]:
+    """Run ``epochs`` shuffled passes; ``step(batch)`` returns the loss to minimize.
+
+    The shuffling generator is seeded once, and the training set is told the epoch (its mosaic
+    draws depend on it), so the same seed gives the same run. A progress bar shows the running
+    loss. Returns the mean loss of every epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        training_set.epoch = epoch
+        loader = torch.utils.data.DataLoader(training_set, batch_size=batch_size, shuffle=True, generator=generator)
+        losses = []
+        progress = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False)
+        for batch in progress:
+            loss = step(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{np.mean(losses):.4f}")
+        history.append(float(np.mean(losses)))
+    return history
