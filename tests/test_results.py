@@ -108,3 +108,29 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     os.chmod(path, 0o444)
     atomic_write(path, "[]")  # replacing works even over a read-only file
     assert path.read_text() == "[]"
+
+
+def test_adaclip_reported_numbers_are_complete_and_transcribed_right():
+    from clipad_lib.papers import available_papers, reported_csv
+
+    assert "adaclip" in available_papers()
+    reported = load_reported(reported_csv("adaclip"))
+    # AdaCLIP supp. Tab. 10: 6 methods x (12 VisA categories + Average) x 2 levels x (AUROC, max-F1).
+    assert len(reported) == 6 * 13 * 4
+    table = reported.set_index(["method", "category", "metric"])["value"]
+    assert table[("adaclip", "candle", "image_auroc")] == 96.0
+    assert table[("adaclip", "mean", "pixel_f1_max")] == 37.7
+    assert table[("winclip", "pipe_fryum", "image_f1_max")] == 80.7
+    assert table[("aprilgan", "mean", "image_f1_max")] == 80.7
+    with pytest.raises(FileNotFoundError, match="available: adaclip"):
+        reported_csv("nonexistent")
+
+
+def test_with_category_mean_matches_the_average_row(tmp_path):
+    from clipad_lib.results import with_category_mean
+
+    _run(tmp_path, "pill", 0, 0.90)
+    _run(tmp_path, "tile", 0, 0.70)
+    long = with_category_mean(records_frame(load_records(tmp_path)))
+    mean = long[(long["category"] == "mean") & (long["metric"] == "image_auroc")]["value"]
+    assert list(mean) == [pytest.approx(0.80)]

@@ -34,6 +34,15 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "method", "tag", "dataset", "category", "seed", "metric", "value"])
 
 
+def with_category_mean(long: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``mean`` category per (run, dataset, seed, metric): the average over categories that
+    papers print as their "Average" row."""
+    keys = [c for c in ("run", "method", "tag", "dataset", "seed", "metric") if c in long.columns]
+    means = long.groupby(keys, as_index=False)["value"].mean()
+    means["category"] = MEAN_ROW
+    return pd.concat([long, means[long.columns]], ignore_index=True)
+
+
 def summary_table(records: Iterable[RunRecord], metrics: Sequence[str] = ALL_METRICS,
                   add_mean_row: bool = True) -> pd.DataFrame:
     """Per (run, dataset, category): mean and std over seeds of each metric, in percent.
@@ -47,9 +56,7 @@ def summary_table(records: Iterable[RunRecord], metrics: Sequence[str] = ALL_MET
     if long.empty:
         return pd.DataFrame(columns=["run", "dataset", "category", "seeds"])
     if add_mean_row:
-        per_seed = long.groupby(["run", "dataset", "seed", "metric"], as_index=False)["value"].mean()
-        per_seed["category"] = MEAN_ROW
-        long = pd.concat([long, per_seed], ignore_index=True)
+        long = with_category_mean(long)
     grouped = long.groupby(["run", "dataset", "category", "metric"])["value"]
     stats = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
     wide = stats["mean"].unstack("metric") * 100
