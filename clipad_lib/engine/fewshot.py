@@ -22,11 +22,16 @@ class FewShotRun:
     evaluations: dict[tuple[str, int], Evaluation] = field(default_factory=dict)
 
 
+def fit_on_references(detector: Detector, references: list, seed: int) -> None:
+    """Fit ``detector`` on the given normal reference records."""
+    seed_everything(seed)
+    detector.fit(FitData(reference_images=load_reference_images(references, detector.transform)))
+
+
 def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: int, seed: int) -> list:
     """Fit ``detector`` on the seeded k-shot draw of ``category``; returns the chosen records."""
     references = sample_k_shot(train, category, k, seed)
-    seed_everything(seed)
-    detector.fit(FitData(reference_images=load_reference_images(references, detector.transform)))
+    fit_on_references(detector, references, seed)
     return references
 
 
@@ -57,7 +62,7 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
 
         def run() -> RunOutcome:
             start = time.perf_counter()
-            fit_few_shot(detector, train, category, k, seed)
+            fit_on_references(detector, references, seed)
             fit_seconds = time.perf_counter() - start
             evaluation = evaluate_detector(detector, test_category, batch_size=batch_size,
                                            aupro_variant=aupro_variant, desc=f"{category} seed {seed}")

@@ -147,7 +147,6 @@ class AdaCLIPModel(nn.Module):
                                           quick_gelu=config.quick_gelu)
         backbone._layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
         self.prompted = PromptedCLIP(backbone, config.prompt_config())
-        self.backbone = backbone
         embed_dim = backbone.embed_dim
         if config.projection == "learnable":
             self.patch_projection = nn.ModuleList(nn.Linear(backbone.width, embed_dim) for _ in config.layers)
@@ -159,13 +158,18 @@ class AdaCLIPModel(nn.Module):
         self._text_cache: dict[str, torch.Tensor] = {}
         self.to(config.device)
 
+    @property
+    def backbone(self):
+        """The frozen CLIP (registered once, inside the prompted encoders)."""
+        return self.prompted.backbone
+
     def clear_text_cache(self) -> None:
         """Forget cached text embeddings (after training or loading prompts)."""
         self._text_cache = {}
 
     def learnable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the learnable tensors (the frozen backbone is not saved)."""
-        return {k: v for k, v in self.state_dict().items() if not (k.startswith("backbone.") or ".backbone." in k)}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("prompted.backbone.")}
 
     def _project_patches(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.patch_projection is None:

@@ -34,7 +34,7 @@ from ..engine.seed import seed_everything
 from ..engine.train import train_epochs
 from ..losses import dice_loss, focal_loss
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
-from .text_prompts import APRILGAN_ENSEMBLE, frozen_text_embeddings
+from .text_prompts import APRILGAN_ENSEMBLE, cached_text_embeddings
 
 
 @dataclass
@@ -89,10 +89,7 @@ class AprilGANDetector(Detector):
 
     def _text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """[B, 2, D], cached per class (the text tower is frozen)."""
-        for name in set(class_names):
-            if name not in self._text:
-                self._text[name] = frozen_text_embeddings(self.backbone, APRILGAN_ENSEMBLE, name)
-        return torch.stack([self._text[name] for name in class_names])
+        return cached_text_embeddings(self._text, self.backbone, APRILGAN_ENSEMBLE, list(class_names))
 
     def _layer_logits(self, tokens: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
         """Per layer [B, N, 2] = 100 · normalize(linear(token)) · text."""

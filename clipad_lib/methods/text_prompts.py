@@ -92,3 +92,11 @@ def frozen_text_embeddings(backbone, ensemble: PromptEnsemble, class_name: str) 
     device = next(backbone.model.parameters()).device
     tokens = backbone.tokenizer(ensemble.sentences(prompt_class_name(class_name))).to(device)
     return state_embeddings(backbone.model.encode_text(tokens), ensemble.normal_count)
+
+
+def cached_text_embeddings(cache: dict, backbone, ensemble: PromptEnsemble, class_names) -> torch.Tensor:
+    """[B, 2, D] frozen text embeddings, one pair per image, computed once per class into ``cache``."""
+    for name in set(class_names):
+        if name not in cache:
+            cache[name] = frozen_text_embeddings(backbone, ensemble, name)
+    return torch.stack([cache[name] for name in class_names])

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..backbones import build_clip
 from ..data.transforms import ImageTransform
 from .base import Detector, FitData, Prediction, gaussian_smooth
-from .text_prompts import WINCLIP_ENSEMBLE, frozen_text_embeddings
+from .text_prompts import WINCLIP_ENSEMBLE, cached_text_embeddings
 
 
 @dataclass
@@ -119,10 +119,8 @@ class WinCLIPDetector(Detector):
         return image_embedding, patch_tokens, window_embeddings
 
     def _text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        for name in set(class_names):
-            if name not in self._text:
-                self._text[name] = frozen_text_embeddings(self.backbone, WINCLIP_ENSEMBLE, name)
-        return torch.stack([self._text[name] for name in class_names])  # [B, 2, D]
+        """[B, 2, D], cached per class (the text tower is frozen)."""
+        return cached_text_embeddings(self._text, self.backbone, WINCLIP_ENSEMBLE, list(class_names))
 
     def _abnormal_probability(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """[B, ..., D] against [B, 2, D] -> [B, ...] softmax(cos / T)[abnormal]."""
