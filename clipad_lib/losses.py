@@ -33,3 +33,33 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1
     truth = target.reshape(target.shape[0], -1).to(prediction.dtype)
     dice = (2 * (prediction * truth).sum(dim=1) + smooth) / (prediction.sum(dim=1) + truth.sum(dim=1) + smooth)
     return 1.0 - dice.mean()
+
+
+def cross_modal_contrastive(normal_features: torch.Tensor, anomalous_features: torch.Tensor,
+                            text_features: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP-FSAC++'s image-to-text and text-to-image contrastive losses (Eq. 10–11).
+
+    With s the cosine similarity, for each pair i of a normal image and its synthetic anomaly,
+    i2t asks each image to prefer its own text (normal → T+, anomaly → T−) over the other text;
+    t2i asks each text to prefer its own image over the other image of the pair.
+
+    Args:
+        normal_features: [B, C] features of the normal images (CF+).
+        anomalous_features: [B, C] features of their synthetic anomalies (CF−).
+        text_features: [2, C] (normal, abnormal) text features (AT+, AT−).
+        temperature: similarities are divided by it (the paper: 1, plain cosine).
+    Returns:
+        (L_i2t, L_t2i), each the mean over the B pairs of the sum of its two terms.
+    """
+    if normal_features.shape != anomalous_features.shape or normal_features.ndim != 2:
+        raise ValueError(f"expected two [B, C] feature batches of one shape, got {tuple(normal_features.shape)} "
+                         f"and {tuple(anomalous_features.shape)}")
+    if text_features.shape != (2, normal_features.shape[1]):
+        raise ValueError(f"expected text features [2, {normal_features.shape[1]}], got {tuple(text_features.shape)}")
+    text = F.normalize(text_features, dim=-1)
+    normal = F.normalize(normal_features, dim=-1) @ text.T / temperature        # [B, 2]: s(CF+, T+), s(CF+, T−)
+    anomalous = F.normalize(anomalous_features, dim=-1) @ text.T / temperature  # [B, 2]: s(CF−, T+), s(CF−, T−)
+    # -log(e^a / (e^a + e^b)) = softplus(b - a)
+    image_to_text = F.softplus(normal[:, 1] - normal[:, 0]) + F.softplus(anomalous[:, 0] - anomalous[:, 1])
+    text_to_image = F.softplus(anomalous[:, 0] - normal[:, 0]) + F.softplus(normal[:, 1] - anomalous[:, 1])
+    return image_to_text.mean(), text_to_image.mean()

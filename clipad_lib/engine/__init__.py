@@ -1,7 +1,8 @@
 """Loops: evaluation, few-shot runs, seeding."""
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
+from .feature_cache import FeatureCache
 from .fewshot import FewShotRun, fit_few_shot, run_few_shot
 from .zeroshot import ZeroShotRun, run_zero_shot
 from .seed import seed_everything
 
-__all__ = ["Evaluation", "FewShotRun", "ZeroShotRun", "run_zero_shot", "fit_few_shot", "run_few_shot", "evaluate_detector", "evaluation_protocol", "load_reference_images", "seed_everything"]
+__all__ = ["Evaluation", "FeatureCache", "FewShotRun", "ZeroShotRun", "run_zero_shot", "fit_few_shot", "run_few_shot", "evaluate_detector", "evaluation_protocol", "load_reference_images", "seed_everything"]

@@ -19,13 +19,14 @@ from ..metrics import detection_metrics
 class Evaluation:
     """Predictions and metrics of one detector on one dataset split.
 
-    image_scores, labels: [N]; anomaly_maps: [N, S, S] float32; masks: [N, S, S] bool.
+    image_scores, labels: [N]; anomaly_maps: [N, S, S] float32 (None for classification-only
+    methods); masks: [N, S, S] bool.
     """
 
     metrics: dict[str, float | None]
     image_scores: np.ndarray
     labels: np.ndarray
-    anomaly_maps: np.ndarray
+    anomaly_maps: np.ndarray | None
     masks: np.ndarray
     paths: list[Path]
     protocol: dict
@@ -65,22 +66,27 @@ def evaluate_detector(detector: Detector, dataset: AnomalyDataset, *, batch_size
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc or f"{detector.name} on {dataset.name}", disable=not progress, leave=False):
         prediction = detector.predict(batch["image"], list(batch["category"]))
-        if prediction.anomaly_maps.shape[-2:] != batch["mask"].shape[-2:]:
+        if prediction.anomaly_maps is None:
+            if detector.localizes:
+                raise ValueError(f"{detector.name} returned no anomaly maps but declares that it localizes")
+        elif prediction.anomaly_maps.shape[-2:] != batch["mask"].shape[-2:]:
             raise ValueError(
                 f"{detector.name} returned maps of size {tuple(prediction.anomaly_maps.shape[-2:])} for inputs of "
                 f"size {tuple(batch['mask'].shape[-2:])}; predict must return maps at the input resolution"
             )
         scores.append(prediction.image_scores.float().numpy())
-        maps.append(prediction.anomaly_maps.float().numpy())
+        if prediction.anomaly_maps is not None:
+            maps.append(prediction.anomaly_maps.float().numpy())
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].numpy())
     predict_seconds = time.perf_counter() - start
     image_scores, labels_array = np.concatenate(scores), np.concatenate(labels)
-    anomaly_maps, masks_array = np.concatenate(maps), np.concatenate(masks)
+    masks_array = np.concatenate(masks)
+    anomaly_maps = np.concatenate(maps) if maps else None
     image_scores = detector.finalize_scores(image_scores, anomaly_maps, [r.category for r in dataset.records])
     start = time.perf_counter()
-    metrics = detection_metrics(labels_array, image_scores, masks_array if dataset.has_pixel_labels else None,
-                                anomaly_maps, aupro_variant=aupro_variant)
+    pixel_masks = masks_array if dataset.has_pixel_labels and anomaly_maps is not None else None
+    metrics = detection_metrics(labels_array, image_scores, pixel_masks, anomaly_maps, aupro_variant=aupro_variant)
     protocol = evaluation_protocol(detector, aupro_variant)
     timings = {
         "predict_s": predict_seconds,

@@ -25,7 +25,11 @@ class FewShotRun:
 def fit_on_references(detector: Detector, references: list, seed: int) -> None:
     """Fit ``detector`` on the given normal reference records."""
     seed_everything(seed)
-    detector.fit(FitData(reference_images=load_reference_images(references, detector.transform)))
+    categories = {r.category for r in references}
+    if len(categories) != 1:
+        raise ValueError(f"k-shot references must come from one category, got {sorted(categories)}")
+    detector.fit(FitData(reference_images=load_reference_images(references, detector.transform),
+                         class_name=categories.pop(), seed=seed))
 
 
 def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: int, seed: int) -> list:
@@ -38,7 +42,7 @@ def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: in
 def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyDataset, root: Path, k: int,
                  seeds: Sequence[int], results_dir: Path, categories: Sequence[str] | None = None,
                  resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
-                 keep_evaluations: bool = False) -> FewShotRun:
+                 keep_evaluations: bool = False, variant: str = "") -> FewShotRun:
     """Evaluate ``detector`` k-shot on every (category, seed) and write one run record each.
 
     The reference lists are written to ``results_dir/kshot/<dataset>/<category>/k<k>-seed<s>.json``
@@ -46,7 +50,7 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
     inputs and code are unchanged is read back instead of recomputed.
     """
     outcome = FewShotRun()
-    tag = f"{k}shot"
+    tag = f"{k}shot-{variant}" if variant else f"{k}shot"
     protocol = evaluation_protocol(detector, aupro_variant)
     jobs = [(c, s) for c in (categories or test.categories) for s in seeds]
     for category, seed in tqdm(jobs, desc=f"{detector.name} {tag} on {test.name}"):

@@ -17,11 +17,12 @@ class Prediction:
     """What a detector says about a batch.
 
     image_scores: [B] — higher is more anomalous.
-    anomaly_maps: [B, H, W] at the input resolution — higher is more anomalous.
+    anomaly_maps: [B, H, W] at the input resolution — higher is more anomalous; None from a
+        classification-only method (its evaluation then has no pixel metrics).
     """
 
     image_scores: torch.Tensor
-    anomaly_maps: torch.Tensor
+    anomaly_maps: torch.Tensor | None
 
 
 @dataclass
@@ -30,10 +31,14 @@ class FitData:
 
     reference_images: [K, 3, S, S] normal images, already transformed, or None.
     auxiliary: a dataset of annotated images from categories other than the test ones, or None.
+    class_name: the category of the references (methods that train text-side parts need it).
+    seed: the run's seed, for methods that draw random things while fitting (synthetic anomalies).
     """
 
     reference_images: torch.Tensor | None = None
     auxiliary: Any = None
+    class_name: str | None = None
+    seed: int = 0
 
 
 class Detector(abc.ABC):
@@ -41,6 +46,7 @@ class Detector(abc.ABC):
 
     name: str
     config: Any
+    localizes: bool = True  # False for classification-only methods (their maps are None)
 
     @property
     @abc.abstractmethod
