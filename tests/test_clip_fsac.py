@@ -171,3 +171,30 @@ def test_second_sweep_hits_the_cache_and_another_transform_misses(tiny_backbone,
     bilinear = ImageTransform(size=64, interpolation="bilinear")
     sweep(tmp_path / "fourth", transform=bilinear)
     assert reloaded.stats.misses > 0 and len(reloaded) > saved
+
+
+def test_reported_numbers_are_complete_and_consistent():
+    from clipad_lib.papers import reported_csv
+    from clipad_lib.results import load_reported
+
+    reported = load_reported(reported_csv("clip_fsac"))
+    counts = reported.groupby("table").size().to_dict()
+    # Tab. I: 22 rows x (12 classes + mean); Tab. II: 23 rows x (15 + mean); V-VII: variants x K x datasets x 3.
+    assert counts == {"I": 286, "II": 368, "III": 152, "IV": 20, "V": 72, "VI": 96, "VII": 48}
+    value = reported.set_index(["table", "method", "dataset", "category", "setting", "metric"])["value"]
+    assert value[("I", "clip_fsac", "visa", "mean", "1-shot", "image_auroc")] == 97.6
+    assert value[("II", "patchcore", "mvtec", "screw", "8-shot", "image_auroc")] == 61.9
+    assert value[("III", "winclip", "mvtec", "mean", "2-shot", "image_aupr")] == 97.0
+    assert value[("VII", "clip_fsac (NSA)", "mvtec", "mean", "8-shot", "image_f1_max")] == 96.0
+    assert value[("VI", "clip_fsac (no descriptor)", "visa", "mean", "2-shot", "image_auroc")] == 64.4
+    # The printed per-class numbers average to the printed means (the paper rounds to 0.1).
+    for table in ("I", "II"):
+        rows = reported[(reported["table"] == table) & (reported["method"] == "clip_fsac")]
+        for setting, group in rows.groupby("setting"):
+            per_class = group[group["category"] != "mean"]["value"].mean()
+            assert abs(per_class - group[group["category"] == "mean"]["value"].item()) < 0.1, (table, setting)
+    # Tab. III repeats Tab. I-II's CLIP-FSAC++ means.
+    for dataset, table in (("visa", "I"), ("mvtec", "II")):
+        for k in (1, 2, 4, 8):
+            key = ("clip_fsac", dataset, "mean", f"{k}-shot", "image_auroc")
+            assert value[("III", *key)] == value[(table, *key)]

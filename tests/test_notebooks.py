@@ -96,3 +96,24 @@ def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
     executed = nbformat.read(tmp_path / "10_adaclip_zero_shot.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert again.ok and "adaclip: 2 categories, 2 reused, trained=False" in printed
+
+
+def test_clip_fsac_notebooks_run_in_the_smoke_profile(tmp_path, synthetic_root):
+    overrides = {"fsac_seeds": [0], "fsac_shots": [1, 4], "fsac_categories": ["pill", "washer"]}
+    results = run_notebooks(["20_clip_fsac_few_shot"], "smoke", overrides, results_root=tmp_path, progress=False)
+    assert results[0].ok, results[0].error
+    per_category = pd.read_csv(tmp_path / "tables" / "20_i_auroc_per_category_synthetic.csv")
+    assert set(per_category["method"]) == {"clip_fsac", "winclip", "patchcore"}
+    assert list(per_category.columns[-3:]) == ["pill", "washer", "mean"]
+    table_iii = pd.read_csv(tmp_path / "tables" / "20_tab3_ours.csv")
+    assert {"clip_ac", "clip_fsac"} <= set(table_iii["method"])
+    assert len(list((tmp_path / "records").glob("clip_fsac-*shot/synthetic/*/seed0.json"))) == 4
+    for figure in ("20_gradient_maps", "20_tsne", "20_score_histograms"):
+        assert (tmp_path / "figures" / f"{figure}_synthetic_pill.png").stat().st_size > 0
+    ablations = run_notebooks(["21_clip_fsac_ablations"], "smoke",
+                              {"fsac_ablation_categories": ["washer"], "fsac_ablation_shots": [4],
+                               "gamma1_values": [0.01, 0.7]}, results_root=tmp_path, progress=False)
+    assert ablations[0].ok, ablations[0].error
+    table_vi = pd.read_csv(tmp_path / "tables" / "21_tabVI_ours.csv")
+    assert len(table_vi) == 4 and table_vi["method"].str.startswith("clip_fsac (").all()
+    assert (tmp_path / "figures" / "21_fig8_optimizers_synthetic.png").stat().st_size > 0

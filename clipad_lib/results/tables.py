@@ -129,3 +129,35 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
         merged[column] = merged[column].round(digits)
     extra = [c for c in ("table", "setting") if c in merged.columns and c not in keys]
     return merged[extra + keys + ["paper", "ours", "Δ", "status", "source"]]
+
+
+def few_shot_frame(records: Iterable[RunRecord], variant_labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Long frame of few-shot records with a ``setting`` column ("4-shot") parsed from the run tag
+    ("4shot" or "4shot-<variant>"); a variant renames the method to ``"<method> (<label>)"``, the
+    way ablation rows are named in the reported CSVs."""
+    long = records_frame(records)
+    parts = long["tag"].str.extract(r"^(?P<k>\d+)shot(?:-(?P<variant>.+))?$")
+    if parts["k"].isna().any():
+        bad = sorted(set(long.loc[parts["k"].isna(), "tag"]))
+        raise ValueError(f"not few-shot run tags: {bad}; expected '<k>shot' or '<k>shot-<variant>'")
+    long["setting"] = parts["k"] + "-shot"
+    long["variant"] = parts["variant"].fillna("")
+    labels = variant_labels or {}
+    long["method"] = [m if not v else f"{m} ({labels.get(v, v)})" for m, v in zip(long["method"], long["variant"])]
+    return long
+
+
+def wide_table(long: pd.DataFrame, index: Sequence[str], columns: str = "category", digits: int = 1) -> pd.DataFrame:
+    """The papers' layout: one row per ``index`` tuple, one column per ``columns`` value, each cell
+    "mean ± std" over seeds in percent (a ``mean`` column averages the categories per seed first)."""
+    keys = [k for k in ("method", "dataset", "setting", "seed", "metric") if k in long.columns]
+    per_seed = long.groupby(keys + ["category"], as_index=False)["value"].mean()
+    means = per_seed.groupby(keys, as_index=False)["value"].mean()
+    means["category"] = MEAN_ROW
+    per_seed = pd.concat([per_seed, means], ignore_index=True)
+    stats = per_seed.groupby(list(index) + [columns])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["cell"] = [f"{100 * m:.{digits}f}" if n <= 1 else f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
+                     for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
+    wide = stats.pivot(index=list(index), columns=columns, values="cell")
+    ordered = [c for c in wide.columns if c != MEAN_ROW] + ([MEAN_ROW] if MEAN_ROW in wide.columns else [])
+    return wide[ordered].reset_index()
