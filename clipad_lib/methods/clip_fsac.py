@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -274,7 +274,7 @@ class _FrozenCLIPClassifier(Detector):
     def text_features(self, class_name: str) -> torch.Tensor:
         """T [2, C]: the mean of the raw text embeddings of the normal and of the abnormal sentences (Eq. 3)."""
         if class_name not in self._text:
-            ensemble = PROMPT_VARIANTS[getattr(self.config, "prompts", "cpe")]
+            ensemble = PROMPT_VARIANTS[self.config.prompts]
             with torch.no_grad():
                 embeddings = self.backbone.encode_text(ensemble.sentences(prompt_class_name(class_name)),
                                                        normalize=False).float()
@@ -436,18 +436,17 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
                                "before predict")
         return self.head
 
-    def _scores(self, features: torch.Tensor, class_names: list[str]) -> tuple[torch.Tensor, HeadOutput]:
+    def _scores(self, features: torch.Tensor, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """F [N, C] and one class name per row -> (AS [N] (Eq. 14–16), CF [N, C]); each image alone."""
         head = self._require_fit()
-        outputs = []
+        visual = torch.empty_like(features)
+        text = features.new_empty(features.shape[0], 2, features.shape[1])
         for name in dict.fromkeys(class_names):
             rows = [i for i, n in enumerate(class_names) if n == name]
-            outputs.append((rows, head(features[rows], self.text_features(name).to(features.device), per_image=True)))
-        visual = features.new_empty(features.shape)
-        text = features.new_empty(features.shape[0], 2, features.shape[1])
-        for rows, output in outputs:
+            output = head(features[rows], self.text_features(name).to(features.device), per_image=True)
             visual[rows], text[rows] = output.visual, output.enhanced_text
-        scores = text_logits(visual, text, self.config.temperature).softmax(dim=-1)[:, 1]  # AS = S− (Eq. 14–16)
-        return scores, HeadOutput(visual, outputs[0][1].adapted_text, text)
+        scores = text_logits(visual, text, self.config.temperature).softmax(dim=-1)[:, 1]  # AS = S−
+        return scores, visual
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
@@ -461,8 +460,8 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
         """{"clip": F [B, C], "adapted": CF [B, C]} — the features Fig. 9 projects with t-SNE."""
         names = self._check_class_names(images, class_names)
         features = self.image_features(images)
-        _, output = self._scores(features, names)
-        return {"clip": features.cpu(), "adapted": output.visual.cpu()}
+        _, adapted = self._scores(features, names)
+        return {"clip": features.cpu(), "adapted": adapted.cpu()}
 
     def gradient_maps(self, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """|∂AS/∂x| averaged over the colour channels (Eq. 17): [B, 3, S, S] -> [B, S, S]."""
@@ -486,11 +485,6 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
             yield self
         finally:
             head.load_state_dict(final)
-
-
-def variant_config(config: CLIPFSACConfig, **changes) -> CLIPFSACConfig:
-    """A copy of ``config`` with ``changes`` (validated again), for ablation sweeps."""
-    return replace(config, **changes)
 
 
 def notebook_config(dataset: str, *, backbone: str, pretrained: str | None, image_size: int, epochs: int,

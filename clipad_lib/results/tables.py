@@ -35,10 +35,10 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
 
 
 def with_category_mean(long: pd.DataFrame) -> pd.DataFrame:
-    """Add a ``mean`` category per (run, dataset, seed, metric): the average over categories that
-    papers print as their "Average" row."""
-    keys = [c for c in ("run", "method", "tag", "dataset", "seed", "metric") if c in long.columns]
-    means = long.groupby(keys, as_index=False)["value"].mean()
+    """Add a ``mean`` category per (run, dataset, seed, metric, and any other key column such as
+    ``setting``): the average over categories that papers print as their "Average" row."""
+    keys = [c for c in long.columns if c not in ("category", "value")]
+    means = long.groupby(keys, as_index=False, dropna=False)["value"].mean()
     means["category"] = MEAN_ROW
     return pd.concat([long, means[long.columns]], ignore_index=True)
 
@@ -150,11 +150,7 @@ def few_shot_frame(records: Iterable[RunRecord], variant_labels: dict[str, str] 
 def wide_table(long: pd.DataFrame, index: Sequence[str], columns: str = "category", digits: int = 1) -> pd.DataFrame:
     """The papers' layout: one row per ``index`` tuple, one column per ``columns`` value, each cell
     "mean ± std" over seeds in percent (a ``mean`` column averages the categories per seed first)."""
-    keys = [k for k in ("method", "dataset", "setting", "seed", "metric") if k in long.columns]
-    per_seed = long.groupby(keys + ["category"], as_index=False)["value"].mean()
-    means = per_seed.groupby(keys, as_index=False)["value"].mean()
-    means["category"] = MEAN_ROW
-    per_seed = pd.concat([per_seed, means], ignore_index=True)
+    per_seed = with_category_mean(long)
     stats = per_seed.groupby(list(index) + [columns])["value"].agg(["mean", "std", "count"]).reset_index()
     stats["cell"] = [f"{100 * m:.{digits}f}" if n <= 1 else f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
                      for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
