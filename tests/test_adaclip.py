@@ -73,8 +73,8 @@ def test_bad_inputs(trained):
     detector, *_ = trained
     with pytest.raises(BackboneError, match="takes 128x128 images, got 64x64"):
         detector.predict(torch.zeros(1, 3, 64, 64), ["pill"])
-    with pytest.raises(BackboneError, match=r"layer indices \[12\] do not exist"):
-        AdaCLIPDetector(AdaCLIPConfig(**{**SMOKE, "layers": (2, 4, 12)}))
+    with pytest.raises(ValueError, match=r"AdaCLIPConfig.layers = \(2, 4, 12\) is not allowed: clipad-tiny-ViT has layers 1..8"):
+        AdaCLIPConfig(**{**SMOKE, "layers": (2, 4, 12)})
     with pytest.raises(ValueError, match="hsf_centroids"):
         AdaCLIPConfig(hsf_centroids="best")
     with pytest.raises(ValueError, match="auxiliary"):

@@ -73,9 +73,9 @@ def test_descriptor_shapes_and_switches():
 def test_config_checks_residual_ratios_and_choices():
     with pytest.raises(ValueError, match="sum to 1"):
         CLIPFSACConfig(alpha=(0.5, 0.6))
-    with pytest.raises(ValueError, match="beta must be two residual weights"):
+    with pytest.raises(ValueError, match=r"CLIPFSACConfig.beta = \(-0.2, 1.2\) is not allowed: expected a sequence of 2 items, each a number in \[0"):
         CLIPFSACConfig(beta=(-0.2, 1.2))
-    with pytest.raises(ValueError, match="losses must be one of"):
+    with pytest.raises(ValueError, match="CLIPFSACConfig.losses = 'hinge' is not allowed: expected one of 'both'"):
         CLIPFSACConfig(losses="hinge")
     visa = CLIPFSACConfig.for_dataset("visa")
     assert (visa.alpha, visa.gamma1, visa.synthesis) == ((0.1, 0.9), 0.7, "nsa")

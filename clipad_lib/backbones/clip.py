@@ -23,6 +23,7 @@ from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from torch import nn
 
 from .. import paths
+from ..feature_cache import module_fingerprint
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -60,6 +61,36 @@ class ClipSpec:
     model_name: str
     pretrained: str | None = None
     image_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What an open_clip architecture is, read from its config without building it.
+
+    layers: image transformer depth; patch_size, image_size: in pixels (the native resolution).
+    """
+
+    name: str
+    layers: int
+    patch_size: int
+    image_size: int
+
+    def grid_size(self, image_size: int | None = None) -> int:
+        """Patches per side at ``image_size`` (default: the native resolution)."""
+        return (image_size or self.image_size) // self.patch_size
+
+
+def architecture(model_name: str) -> Architecture:
+    """The :class:`Architecture` of an open_clip ViT config (``ViT-L-14-336``, ``clipad-tiny-ViT``);
+    configs validate layer numbers and window sizes with it before any weights are built."""
+    config = open_clip.get_model_config(model_name)
+    vision = (config or {}).get("vision_cfg", {})
+    if not config or "patch_size" not in vision:
+        raise BackboneError(f"unknown CLIP ViT architecture {model_name!r}; e.g. {', '.join(TINY_MODELS)}, "
+                            "ViT-B-16, ViT-B-16-plus-240, ViT-L-14-336 (open_clip.list_models() lists all)")
+    size = vision.get("image_size", 224)
+    return Architecture(model_name, int(vision["layers"]), int(vision["patch_size"]),
+                        int(size[0] if isinstance(size, (list, tuple)) else size))
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
@@ -120,6 +151,7 @@ class ClipBackbone(nn.Module):
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
         self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self._weights_fingerprint: str | None = None
 
     def train(self, mode: bool = True):  # the backbone stays in eval mode (no dropout)
         return super().train(False)
@@ -128,7 +160,10 @@ class ClipBackbone(nn.Module):
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
 
-    def _check_images(self, images: torch.Tensor) -> None:
+    # -- the seams methods use (only this package knows open_clip's internals) --------------
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Fail unless ``images`` is [B, 3, S, S] at this backbone's resolution S."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise BackboneError(f"expected images of shape [B, 3, H, W], got {list(images.shape)}")
         if images.shape[-2:] != (self.image_size, self.image_size):
@@ -137,13 +172,47 @@ class ClipBackbone(nn.Module):
                 f"{images.shape[-1]}x{images.shape[-2]}; resize with the backbone's transform first"
             )
 
-    def _layer_indices(self, layers: Sequence[int]) -> list[int]:
+    def layer_indices(self, layers: Sequence[int]) -> list[int]:
+        """1-based layer numbers (as the papers write them) -> 0-based block indices; an unknown
+        layer fails naming the valid range."""
         bad = [layer for layer in layers if not 1 <= int(layer) <= self.num_layers]
         if bad:
             raise BackboneError(
                 f"layer indices {bad} do not exist: {self.spec.model_name} has layers 1..{self.num_layers} (1-based)"
             )
         return [int(layer) - 1 for layer in layers]
+
+    @property
+    def image_blocks(self) -> nn.ModuleList:
+        """The image transformer's residual blocks, in order (for encoders that change the
+        token sequence between blocks, such as prompting)."""
+        return self.model.visual.transformer.resblocks
+
+    def image_input_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, 1 + N, C]: the class token and patch embeddings with positional
+        embeddings and the pre-transformer LayerNorm, i.e. the first block's input."""
+        self.check_images(images)
+        return self.model.visual._embeds(images)
+
+    def run_image_transformer(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every image block over a token sequence [B, L, C] (any L, e.g. a window of patches
+        with the class token) -> [B, L, C]."""
+        return self.model.visual.transformer(tokens)
+
+    def pool_image_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output tokens [B, L, C] of the last block -> (image embedding [B, D]: pooled, ln_post,
+        projected, not normalized; the other tokens [B, L - 1, C] after ln_post)."""
+        visual = self.model.visual
+        pooled, rest = visual._pool(tokens)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled, rest
+
+    def weights_fingerprint(self) -> str:
+        """A digest of every weight and buffer, computed once (cache keys of frozen features)."""
+        if self._weights_fingerprint is None:
+            self._weights_fingerprint = module_fingerprint(self.model)
+        return self._weights_fingerprint
 
     def patch_tokens(self, images: torch.Tensor, layers: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Tokens of the chosen transformer layers.
@@ -155,9 +224,9 @@ class ClipBackbone(nn.Module):
             (patch tokens per layer, each [B, N, C] with N = (S / patch)^2 and C = width;
              image embedding [B, D], the model's pooled and projected output, not normalized).
         """
-        self._check_images(images)
+        self.check_images(images)
         output = self.model.visual.forward_intermediates(
-            images, indices=self._layer_indices(layers), output_fmt="NLC", output_extra_tokens=False
+            images, indices=self.layer_indices(layers), output_fmt="NLC", output_extra_tokens=False
         )
         return list(output["image_intermediates"]), output["image_features"]
 
@@ -169,7 +238,7 @@ class ClipBackbone(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image embeddings [B, D]."""
-        self._check_images(images)
+        self.check_images(images)
         return self.model.encode_image(images, normalize=normalize)
 
     def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:

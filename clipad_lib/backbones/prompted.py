@@ -21,8 +21,9 @@ checkpoints — differs from the paper's wording:
 
 The frozen backbone's weights never receive gradients; attention runs through open_clip's
 blocks, which call PyTorch's fused attention (no attention weights are materialised).
-This module reaches into open_clip's ``VisionTransformer`` (``_embeds``, ``_pool``,
-``transformer.resblocks``) and CLIP text tower; open_clip is pinned in pyproject.toml.
+The image side goes through :class:`ClipBackbone`'s public seams (input tokens, blocks, pooling);
+the text side reaches into open_clip's CLIP text tower, which only this package may do;
+open_clip is pinned in pyproject.toml.
 """
 from __future__ import annotations
 
@@ -149,25 +150,21 @@ class PromptedCLIP(nn.Module):
              patch tokens per layer [B, N, C] — CLS and prompt tokens excluded).
         """
         backbone = self.backbone
-        backbone._check_images(images)
-        wanted = set(backbone._layer_indices(layers))
-        visual = backbone.model.visual
-        x = visual._embeds(images)
+        wanted = set(backbone.layer_indices(layers))
+        x = backbone.image_input_tokens(images)
         num_patches = x.shape[1] - 1
         length = self.config.length
         prompted = self.config.image_active
         dynamic = self._dynamic(self.image_dynamic, dynamic_source) if prompted else None
         patch_tokens = []
-        for index, block in enumerate(visual.transformer.resblocks):
+        for index, block in enumerate(backbone.image_blocks):
             if prompted and index < self.config.depth:
                 prompts = self._layer_prompts(self.image_static, dynamic, index, x.shape[0]).to(x.dtype)
                 x = torch.cat([x if index == 0 else x[:, :-length], prompts], dim=1)
             x = block(x)
             if index in wanted:
                 patch_tokens.append(x[:, 1:1 + num_patches])
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
+        pooled, _ = backbone.pool_image_tokens(x)
         return pooled, patch_tokens
 
     def encode_text(self, tokens: torch.Tensor, dynamic_source: torch.Tensor | None = None) -> torch.Tensor:

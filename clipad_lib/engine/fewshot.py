@@ -12,7 +12,6 @@ from ..data import AnomalyDataset, sample_k_shot, write_k_shot_list
 from ..methods.base import Detector, FitData
 from ..results import RunOutcome, RunRecord, dataset_fingerprint, run_recorded
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
-from .seed import seed_everything
 
 
 @dataclass
@@ -23,8 +22,7 @@ class FewShotRun:
 
 
 def fit_on_references(detector: Detector, references: list, seed: int) -> None:
-    """Fit ``detector`` on the given normal reference records."""
-    seed_everything(seed)
+    """Fit ``detector`` on the given normal reference records (``seed`` reaches it as ``FitData.seed``)."""
     categories = {r.category for r in references}
     if len(categories) != 1:
         raise ValueError(f"k-shot references must come from one category, got {sorted(categories)}")

@@ -1,14 +1,17 @@
-"""One module per method; each a config dataclass plus a Detector with fit/predict."""
+"""One module per method; each a config dataclass plus a Detector with fit/predict.
+
+Importing this package imports every method module, and each registers its detector
+(:mod:`.registry`): :func:`list_methods` is the one list of methods.
+"""
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_maps
+from .registry import FIT_KINDS, MethodEntry, create_detector, list_methods, method_entry, register_method
 from .adaclip import AdaCLIPConfig, AdaCLIPDetector
 from .aprilgan import AprilGANConfig, AprilGANDetector
 from .winclip import WinCLIPConfig, WinCLIPDetector
 from .patchcore import PatchCoreConfig, PatchCoreDetector
 from .clip_fsac import CLIPACConfig, CLIPACDetector, CLIPFSACConfig, CLIPFSACDetector
 
-METHODS = {"patchcore": (PatchCoreConfig, PatchCoreDetector), "adaclip": (AdaCLIPConfig, AdaCLIPDetector),
-           "aprilgan": (AprilGANConfig, AprilGANDetector), "winclip": (WinCLIPConfig, WinCLIPDetector),
-           "clip_ac": (CLIPACConfig, CLIPACDetector), "clip_fsac": (CLIPFSACConfig, CLIPFSACDetector)}
-
-__all__ = ["METHODS", "CLIPACConfig", "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "AdaCLIPConfig", "AdaCLIPDetector", "AprilGANConfig", "AprilGANDetector", "Detector", "FitData", "PatchCoreConfig", "PatchCoreDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector",
-           "gaussian_smooth", "upsample_maps"]
+__all__ = ["FIT_KINDS", "AdaCLIPConfig", "AdaCLIPDetector", "AprilGANConfig", "AprilGANDetector", "CLIPACConfig",
+           "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "MethodEntry",
+           "PatchCoreConfig", "PatchCoreDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector", "create_detector",
+           "gaussian_smooth", "list_methods", "method_entry", "register_method", "upsample_maps"]

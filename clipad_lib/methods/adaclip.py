@@ -1,7 +1,7 @@
 """AdaCLIP: hybrid learnable prompts in both CLIP encoders for zero-shot anomaly detection.
 
 Cao et al., "AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly
-Detection", ECCV 2024 (``../shared/seeds/001_a06492d418158629.txt``).
+Detection", ECCV 2024, arXiv:2407.15795.
 
 Pipeline (§4): a frozen CLIP whose first J layers in both encoders take hybrid prompts
 (:mod:`clipad_lib.backbones.prompted`); a learnable linear projection (with bias) of the patch
@@ -31,6 +31,7 @@ import io
 import re
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 from typing import Sequence
 
@@ -38,15 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import CheckpointError, build_clip, check_state_dict
-from ..backbones.prompted import PromptConfig, PromptedCLIP
+from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
+from ..backbones.prompted import TEXT_PLACEMENTS, PromptConfig, PromptedCLIP
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
 from ..data.transforms import ImageTransform
-from ..engine.seed import seed_everything
-from ..engine.train import train_epochs
 from ..io import atomic_write
 from ..losses import dice_loss, focal_loss
-from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
+from ..seeding import seeded
+from ..training import train_epochs
+from ..validation import Each, Interval, Options, ValidatedConfig
+from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Detector, FitData,
+                   Prediction, check_layers, gaussian_smooth, upsample_patch_logits)
+from .registry import register_method
 from .kmeans import batched_kmeans
 from .text_prompts import ADACLIP_ENSEMBLE, prompt_class_name, state_embeddings
 
@@ -56,8 +60,8 @@ PROJECTIONS = ("learnable", "frozen")
 CHECKPOINT_FORMAT = "clipad-adaclip-v1"
 
 
-@dataclass
-class AdaCLIPConfig:
+@dataclass(frozen=True)
+class AdaCLIPConfig(ValidatedConfig):
     backbone: str = "ViT-L-14-336"       # §5.1 Implementation Details
     pretrained: str | None = "openai"     # §5.1
     image_size: int = 518                 # §5.1: all images resized to 518x518
@@ -85,16 +89,21 @@ class AdaCLIPConfig:
     device: str = "cpu"
     seed: int = 0
 
-    def __post_init__(self):
-        self.layers = tuple(int(layer) for layer in self.layers)
-        self.betas = tuple(self.betas)
-        for name, value, allowed in (("image_score", self.image_score, IMAGE_SCORES),
-                                     ("hsf_centroids", self.hsf_centroids, HSF_CENTROIDS),
-                                     ("projection", self.projection, PROJECTIONS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.hsf_clusters < 1 or self.hsf_top_factor < 1:
-            raise ValueError("hsf_clusters and hsf_top_factor must be >= 1")
+    constraints: ClassVar[dict] = {
+        **BACKBONE_CONSTRAINTS, "layers": [LAYERS], "prompt_length": [Interval(int, 0, None)],
+        "prompt_depth": [Interval(int, 0, None)], "static_prompts": [bool], "dynamic_prompts": [bool],
+        "prompt_image": [bool], "prompt_text": [bool], "text_placement": [Options(TEXT_PLACEMENTS)],
+        "projection": [Options(PROJECTIONS)], "image_score": [Options(IMAGE_SCORES)], "hsf_clusters": [POSITIVE_INT],
+        "hsf_top_factor": [POSITIVE_INT], "hsf_centroids": [Options(HSF_CENTROIDS)], "hsf_alpha": [PROBABILITY],
+        "gaussian_sigma": [NON_NEGATIVE], "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE],
+        "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)], "batch_size": [POSITIVE_INT],
+        "mosaic_prob": [PROBABILITY], "quick_gelu": [bool], "seed": [int],
+    }
+
+    def check(self):
+        check_layers(self, "layers")
+        if self.prompt_depth > architecture(self.backbone).layers:
+            self.fail("prompt_depth", f"{self.backbone} has {architecture(self.backbone).layers} image layers")
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(length=self.prompt_length, depth=self.prompt_depth, static=self.static_prompts,
@@ -145,7 +154,7 @@ class AdaCLIPModel(nn.Module):
         self.config = config
         backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device,
                                           quick_gelu=config.quick_gelu)
-        backbone._layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
+        backbone.layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
         self.prompted = PromptedCLIP(backbone, config.prompt_config())
         embed_dim = backbone.embed_dim
         if config.projection == "learnable":
@@ -243,6 +252,11 @@ def map_official_adaclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     return mapped
 
 
+@register_method("adaclip", config=AdaCLIPConfig, fits_on=("auxiliary",),
+                 paper="Cao et al., AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly "
+                       "Detection, ECCV 2024, arXiv:2407.15795",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4,
+                                "learning_rate": 0.001, "hsf_clusters": 2})
 class AdaCLIPDetector(Detector):
     """AdaCLIP behind the fit/predict protocol: ``fit`` trains on auxiliary data, ``predict`` is zero-shot."""
 
@@ -250,8 +264,8 @@ class AdaCLIPDetector(Detector):
 
     def __init__(self, config: AdaCLIPConfig = AdaCLIPConfig(), backbone=None):
         self.config = config
-        seed_everything(config.seed)  # the learnable parts' initialisation
-        self.model = AdaCLIPModel(config, backbone)
+        with seeded(config.seed):  # the learnable parts' initialisation, without touching the caller's RNG
+            self.model = AdaCLIPModel(config, backbone)
         self._transform = ImageTransform.for_backbone(self.model.backbone)
         self.trained_categories: list[str] = []
         self.loss_history: list[float] = []
@@ -259,6 +273,11 @@ class AdaCLIPDetector(Detector):
     @property
     def transform(self) -> ImageTransform:
         return self._transform
+
+    @property
+    def backbone(self):
+        """The frozen CLIP inside the prompted encoders."""
+        return self.model.backbone
 
     # -- training ---------------------------------------------------------------------------
 
@@ -284,17 +303,17 @@ class AdaCLIPDetector(Detector):
             raise ValueError("AdaCLIPDetector.fit needs FitData(auxiliary=<annotated datasets of other categories>)")
         datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
         config = self.config
-        seed_everything(config.seed)
-        training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if not parameters:
-            raise ValueError("nothing to train: prompts are off and the projection is frozen")
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=config.betas)
-        self.model.train()
-        self.model.clear_text_cache()
-        start = time.perf_counter()
-        self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
-                                         batch_size=config.batch_size, seed=config.seed, desc="AdaCLIP")
+        with seeded(config.seed):
+            training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
+            parameters = [p for p in self.model.parameters() if p.requires_grad]
+            if not parameters:
+                raise ValueError("nothing to train: prompts are off and the projection is frozen")
+            optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=config.betas)
+            self.model.train()
+            self.model.clear_text_cache()
+            start = time.perf_counter()
+            self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
+                                             batch_size=config.batch_size, seed=config.seed, desc="AdaCLIP")
         self.model.eval()
         self.model.clear_text_cache()
         self.trained_categories = training_set.categories

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -30,15 +30,18 @@ from torch import nn
 from ..backbones import CheckpointError, build_clip, check_state_dict
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
 from ..data.transforms import ImageTransform
-from ..engine.seed import seed_everything
-from ..engine.train import train_epochs
 from ..losses import dice_loss, focal_loss
-from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_patch_logits
+from ..seeding import seeded
+from ..training import train_epochs
+from ..validation import Each, Interval, ValidatedConfig
+from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Detector, FitData,
+                   Prediction, check_layers, gaussian_smooth, upsample_patch_logits)
+from .registry import register_method
 from .text_prompts import APRILGAN_ENSEMBLE, cached_text_embeddings
 
 
-@dataclass
-class AprilGANConfig:
+@dataclass(frozen=True)
+class AprilGANConfig(ValidatedConfig):
     backbone: str = "ViT-L-14-336"           # official train.sh / test scripts
     pretrained: str | None = "openai"
     quick_gelu: bool = True                  # its open_clip loads OpenAI weights with QuickGELU, as CLIP was trained
@@ -54,12 +57,21 @@ class AprilGANConfig:
     device: str = "cpu"
     seed: int = 111                          # train.py setup_seed(111)
 
-    def __post_init__(self):
-        self.layers = tuple(int(layer) for layer in self.layers)
-        self.few_shot_layers = tuple(int(layer) for layer in self.few_shot_layers)
-        self.betas = tuple(self.betas)
+    constraints: ClassVar[dict] = {
+        **BACKBONE_CONSTRAINTS, "quick_gelu": [bool], "layers": [LAYERS], "few_shot_layers": [LAYERS],
+        "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE], "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)],
+        "batch_size": [POSITIVE_INT], "mosaic_prob": [PROBABILITY], "gaussian_sigma": [NON_NEGATIVE], "seed": [int],
+    }
+
+    def check(self):
+        check_layers(self, "layers", "few_shot_layers")
 
 
+@register_method("aprilgan", config=AprilGANConfig, fits_on=("auxiliary", "references"),
+                 paper="Chen et al., A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023 "
+                       "VAND Workshop Challenge Tracks 1&2, arXiv:2305.17382",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "quick_gelu": False, "layers": (2, 4, 6, 8),
+                                "few_shot_layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4})
 class AprilGANDetector(Detector):
     """``fit(FitData(auxiliary=...))`` trains the projections; ``reference_images`` add the few-shot memory."""
 
@@ -67,12 +79,12 @@ class AprilGANDetector(Detector):
 
     def __init__(self, config: AprilGANConfig = AprilGANConfig(), backbone=None):
         self.config = config
-        seed_everything(config.seed)
         self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size,
                                                config.device, quick_gelu=config.quick_gelu)
-        self.backbone._layer_indices(config.layers + config.few_shot_layers)
-        self.projections = nn.ModuleList(nn.Linear(self.backbone.width, self.backbone.embed_dim)
-                                         for _ in config.layers).to(config.device)
+        self.backbone.layer_indices(config.layers + config.few_shot_layers)  # an unknown layer fails here
+        with seeded(config.seed):  # the projections' initialisation, without touching the caller's RNG
+            self.projections = nn.ModuleList(nn.Linear(self.backbone.width, self.backbone.embed_dim)
+                                             for _ in config.layers).to(config.device)
         self._transform = ImageTransform.for_backbone(self.backbone)
         self._text: dict[str, torch.Tensor] = {}
         self.memory: list[torch.Tensor] | None = None
@@ -123,12 +135,12 @@ class AprilGANDetector(Detector):
     def _train(self, auxiliary) -> None:
         config = self.config
         datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
-        seed_everything(config.seed)
         training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
         optimizer = torch.optim.Adam(self.projections.parameters(), lr=config.learning_rate, betas=config.betas)
         start = time.perf_counter()
-        self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
-                                         batch_size=config.batch_size, seed=config.seed, desc="APRIL-GAN")
+        with seeded(config.seed):
+            self.loss_history = train_epochs(self._loss, optimizer, training_set, epochs=config.epochs,
+                                             batch_size=config.batch_size, seed=config.seed, desc="APRIL-GAN")
         self.trained_categories = training_set.categories
         self.fit_seconds = time.perf_counter() - start
 

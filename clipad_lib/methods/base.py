@@ -9,7 +9,25 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
+from ..backbones import architecture
 from ..data.transforms import ImageTransform
+from ..validation import Each, Interval, ValidatedConfig
+
+POSITIVE_INT = Interval(int, 1, None)
+NON_NEGATIVE = Interval(float, 0, None)
+POSITIVE = Interval(float, 0, None, closed="neither")
+PROBABILITY = Interval(float, 0, 1)
+LAYERS = Each(POSITIVE_INT)
+# The fields every CLIP method's config has: which backbone, at what resolution, where.
+BACKBONE_CONSTRAINTS = {"backbone": [str], "pretrained": [str, None], "image_size": [POSITIVE_INT], "device": [str]}
+
+
+def check_layers(config: ValidatedConfig, *names: str) -> None:
+    """Fail unless every 1-based layer in the fields ``names`` exists in ``config.backbone``."""
+    depth = architecture(config.backbone).layers
+    for name in names:
+        if max(getattr(config, name)) > depth:
+            config.fail(name, f"{config.backbone} has layers 1..{depth} (1-based)")
 
 
 @dataclass
@@ -42,10 +60,16 @@ class FitData:
 
 
 class Detector(abc.ABC):
-    """A method: a config dataclass, an input transform, ``fit`` and ``predict``."""
+    """A method: a config dataclass, an input transform, ``fit`` and ``predict``.
+
+    Built as ``Detector(config, backbone=None)`` (``backbone`` shares an encoder already built)
+    and registered with :func:`~clipad_lib.methods.registry.register_method`. ``backbone`` is the
+    frozen encoder whose documented transform (``ImageTransform.for_backbone``) it uses.
+    """
 
     name: str
     config: Any
+    backbone: Any
     localizes: bool = True  # False for classification-only methods (their maps are None)
 
     @property

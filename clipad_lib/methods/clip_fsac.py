@@ -23,7 +23,7 @@ the two differ the paper is followed and the difference is a config switch or a 
   to the logits s(CF, CT)/τ, which is what Eq. 12 describes;
 * the code draws one fresh anomaly per image per epoch; here ``anomalies_per_image`` anomalies
   are drawn once per image (seeded) and epoch e uses the (e mod J)-th, so a frozen encoder
-  embeds each of them once (:class:`~clipad_lib.engine.feature_cache.FeatureCache`);
+  embeds each of them once (:class:`~clipad_lib.feature_cache.FeatureCache`);
 * the text-to-image attention attends over the images of the batch. At test time the code's
   batch is 16 test images, so one image's score depends on the others; here each test image
   attends to itself alone (the code's result at test batch size 1);
@@ -36,7 +36,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -46,10 +46,11 @@ from tqdm.auto import tqdm
 
 from ..backbones import build_clip
 from ..data.transforms import ImageTransform
-from ..engine.feature_cache import FeatureCache, module_fingerprint
+from ..feature_cache import FeatureCache
 from ..losses import cross_modal_contrastive
-from ..synthesis import synthesize_anomalies
-from .base import Detector, FitData, Prediction
+from ..validation import ConfigError, Each, Options, ValidatedConfig
+from .base import BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Detector, FitData, Prediction
+from .registry import register_method
 from .text_prompts import (ADACLIP_ENSEMBLE, APRILGAN_ENSEMBLE, WINCLIP_ENSEMBLE, PromptEnsemble,
                            prompt_class_name)
 
@@ -75,8 +76,8 @@ LOSS_CHOICES = ("both", "contrastive", "cross_entropy")  # Tab. V rows
 OPTIMIZERS = ("adam", "sgd", "adamw")                   # Fig. 8
 
 
-@dataclass
-class CLIPFSACConfig:
+@dataclass(frozen=True)
+class CLIPFSACConfig(ValidatedConfig):
     backbone: str = "ViT-B-16-plus-240"        # §IV-A3 OpenCLIP; official train.py CLIP_AD
     pretrained: str | None = "laion400m_e31"   # §IV-A3 LAION-400M; official train.py
     image_size: int = 240                      # official train.sh --image_size 240
@@ -105,31 +106,24 @@ class CLIPFSACConfig:
     encode_batch_size: int = 32
     device: str = "cpu"
 
-    def __post_init__(self):
-        self.alpha = tuple(float(a) for a in self.alpha)
-        self.beta = tuple(float(b) for b in self.beta)
-        self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
-        for name, ratios in (("alpha", self.alpha), ("beta", self.beta)):
-            if len(ratios) != 2 or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-                raise ValueError(
-                    f"{name} must be two residual weights >= 0 that sum to 1 (adapted, original), e.g. (0.4, 0.6) "
-                    f"for MVTec AD or (0.1, 0.9) for VisA; got {ratios}"
-                )
-        choices = {"losses": LOSS_CHOICES, "optimizer": OPTIMIZERS, "dataset_preset": tuple(BATCH_SIZES),
-                   "descriptor_text": ("adapted", "original"), "prompts": tuple(PROMPT_VARIANTS),
-                   "synthesis": ("random_perturbation", "nsa")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        positive = {"temperature": self.temperature, "contrastive_temperature": self.contrastive_temperature,
-                    "image_learning_rate": self.image_learning_rate, "text_learning_rate": self.text_learning_rate}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if self.epochs < 1 or self.anomalies_per_image < 1:
-            raise ValueError("epochs and anomalies_per_image must be >= 1")
-        if self.gamma1 < 0 or self.gamma2 < 0:
-            raise ValueError(f"gamma1 and gamma2 must be >= 0, got {self.gamma1}, {self.gamma2}")
+    constraints: ClassVar[dict] = {
+        **BACKBONE_CONSTRAINTS, "dataset_preset": [Options(tuple(BATCH_SIZES))],
+        "synthesis": [Options(("random_perturbation", "nsa"))], "anomalies_per_image": [POSITIVE_INT],
+        "alpha": [Each(NON_NEGATIVE, length=2)], "beta": [Each(NON_NEGATIVE, length=2)], "gamma1": [NON_NEGATIVE],
+        "gamma2": [NON_NEGATIVE], "temperature": [POSITIVE], "contrastive_temperature": [POSITIVE],
+        "image_learning_rate": [POSITIVE], "text_learning_rate": [POSITIVE], "epochs": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT, None], "optimizer": [Options(OPTIMIZERS)], "weight_decay": [NON_NEGATIVE, None],
+        "mlp_ratio": [POSITIVE_INT], "losses": [Options(LOSS_CHOICES)], "vision_driven_text": [bool],
+        "text_driven_visual": [bool], "descriptor_text": [Options(("adapted", "original"))],
+        "prompts": [Options(tuple(PROMPT_VARIANTS))], "snapshot_epochs": [Each(POSITIVE_INT, min_length=0)],
+        "encode_batch_size": [POSITIVE_INT],
+    }
+
+    def check(self):
+        for name in ("alpha", "beta"):
+            if not math.isclose(sum(getattr(self, name)), 1.0, abs_tol=1e-6):
+                self.fail(name, "expected two residual weights >= 0 that sum to 1 (adapted, original), e.g. "
+                                "(0.4, 0.6) for MVTec AD or (0.1, 0.9) for VisA")
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> "CLIPFSACConfig":
@@ -139,7 +133,7 @@ class CLIPFSACConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(f"unknown CLIPFSACConfig fields {sorted(unknown)}")
+            raise ConfigError(f"CLIPFSACConfig has no fields {sorted(unknown)}; its fields: {sorted(known)}")
         return cls(**{"dataset_preset": dataset, **DATASET_DEFAULTS[dataset], **overrides})
 
     def batch_size_for(self, shots: int) -> int:
@@ -263,10 +257,8 @@ class _FrozenCLIPClassifier(Detector):
                 return torch.cat([self._encode(images[i:i + self.config.encode_batch_size])
                                   for i in range(0, len(images), self.config.encode_batch_size)])
         if self._namespace is None:
-            fingerprint = getattr(self.backbone, "weights_fingerprint", None)
-            if fingerprint is None:  # hashed once per backbone, however many detectors share it
-                fingerprint = self.backbone.weights_fingerprint = module_fingerprint(self.backbone.model)
-            identity = {"spec": vars(self.backbone.spec), "weights": fingerprint}
+            # hashed once per backbone, however many detectors share it
+            identity = {"spec": vars(self.backbone.spec), "weights": self.backbone.weights_fingerprint()}
             self._namespace = FeatureCache.namespace(identity, self.transform.describe())
         return self.feature_cache.embed(self._namespace, images, self._encode,
                                         batch_size=self.config.encode_batch_size).to(self.config.device)
@@ -289,19 +281,26 @@ class _FrozenCLIPClassifier(Detector):
         return list(class_names)
 
 
-@dataclass
-class CLIPACConfig:
+@dataclass(frozen=True)
+class CLIPACConfig(ValidatedConfig):
     """Zero-shot CLIP-AC (WinCLIP §3.1, CLIP-FSAC++ Fig. 2a): the starting point of CLIP-FSAC++."""
 
-    backbone: str = "ViT-B-16-plus-240"
+    backbone: str = "ViT-B-16-plus-240"        # as CLIP-FSAC++ (§IV-A3)
     pretrained: str | None = "laion400m_e31"
     image_size: int = 240
-    prompts: str = "cpe"
-    temperature: float = 0.07
+    prompts: str = "cpe"                       # WinCLIP's compositional prompt ensemble
+    temperature: float = 0.07                  # CLIP's temperature (WinCLIP §3.1)
     encode_batch_size: int = 32
     device: str = "cpu"
 
+    constraints: ClassVar[dict] = {**BACKBONE_CONSTRAINTS, "prompts": [Options(tuple(PROMPT_VARIANTS))],
+                                   "temperature": [POSITIVE], "encode_batch_size": [POSITIVE_INT]}
 
+
+@register_method("clip_ac", config=CLIPACConfig, fits_on=("nothing",),
+                 paper="zero-shot CLIP anomaly classification as in Jeong et al., WinCLIP, CVPR 2023, arXiv:2303.14814 "
+                       "(§3.1), the starting point of CLIP-FSAC++ (Fig. 2a)",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64})
 class CLIPACDetector(_FrozenCLIPClassifier):
     """softmax(cos(F, T)/τ)[abnormal] with the frozen encoders: no adapters, nothing learned."""
 
@@ -323,6 +322,10 @@ def _to_uint8(images: torch.Tensor, transform: ImageTransform) -> np.ndarray:
     return (transform.unnormalize(images.cpu()) * 255.0).round().to(torch.uint8).numpy()
 
 
+@register_method("clip_fsac", config=CLIPFSACConfig, fits_on=("references",),
+                 paper="Zuo et al., CLIP-FSAC++: Few-Shot Anomaly Classification with Anomaly Descriptor Based on "
+                       "CLIP, 2024 manuscript",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "epochs": 2, "anomalies_per_image": 2})
 class CLIPFSACDetector(_FrozenCLIPClassifier):
     """Few-shot: ``fit(FitData(reference_images, class_name, seed))`` trains the heads on one category."""
 
@@ -338,6 +341,8 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
 
     def _synthetic_anomalies(self, references: np.ndarray, seed: int) -> np.ndarray:
         """[K, S, S, 3] uint8 -> [K, J, S, S, 3] uint8: J anomalies of each reference, seeded by (seed, image)."""
+        from ..synthesis import synthesize_anomalies  # only fitting needs it (scipy's DST, NSA)
+
         config = self.config
         per_image = [np.stack([a.image for a in synthesize_anomalies(image, config.synthesis,
                                                                      config.anomalies_per_image, (seed, index))])

@@ -9,19 +9,23 @@ few-shot memory branch of APRIL-GAN/WinCLIP+, and the baseline the few-shot tabl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones import build_clip
 from ..data.transforms import ImageTransform
-from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_maps
+from ..validation import Interval, Options, ValidatedConfig
+from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Detector, FitData, Prediction, check_layers,
+                   gaussian_smooth, upsample_maps)
+from .registry import register_method
 
 DISTANCES = ("cosine", "euclidean")
 
 
-@dataclass
-class PatchCoreConfig:
+@dataclass(frozen=True)
+class PatchCoreConfig(ValidatedConfig):
     # Backbone and layers of the APRIL-GAN few-shot branch (APRIL-GAN §3.3 and its code):
     # ViT-L/14@336 (OpenAI), 518 px input, patch tokens of layers 6, 12, 18, 24.
     backbone: str = "ViT-L-14-336"
@@ -43,14 +47,16 @@ class PatchCoreConfig:
     device: str = "cpu"
     seed: int = 0  # coreset start point and projection
 
-    def __post_init__(self):
-        self.layers = tuple(int(layer) for layer in self.layers)
-        if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
-            raise ValueError(f"neighbourhood must be an odd number >= 1, got {self.neighbourhood}")
+    constraints: ClassVar[dict] = {
+        **BACKBONE_CONSTRAINTS, "layers": [LAYERS], "distance": [Options(DISTANCES)], "neighbourhood": [POSITIVE_INT],
+        "coreset_ratio": [Interval(float, 0, 1, closed="right")], "coreset_projection_dim": [POSITIVE_INT],
+        "gaussian_sigma": [NON_NEGATIVE], "batch_size": [POSITIVE_INT], "seed": [int],
+    }
+
+    def check(self):
+        check_layers(self, "layers")
+        if self.neighbourhood % 2 == 0:
+            self.fail("neighbourhood", "expected an odd number (the side of a centred window)")
 
 
 def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed: int) -> torch.Tensor:
@@ -73,6 +79,9 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed
     return torch.tensor(chosen, dtype=torch.long)
 
 
+@register_method("patchcore", config=PatchCoreConfig, fits_on=("references",),
+                 paper="Roth et al., Towards Total Recall in Industrial Anomaly Detection, CVPR 2022, arXiv:2106.08265",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8)})
 class PatchCoreDetector(Detector):
     """Nearest-neighbour patch memory on frozen CLIP tokens; ``fit`` takes k normal references."""
 

@@ -89,9 +89,8 @@ def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int) -> to
 @torch.no_grad()
 def frozen_text_embeddings(backbone, ensemble: PromptEnsemble, class_name: str) -> torch.Tensor:
     """[2, D] (normal, abnormal) embeddings of one class from a frozen CLIP text tower."""
-    device = next(backbone.model.parameters()).device
-    tokens = backbone.tokenizer(ensemble.sentences(prompt_class_name(class_name))).to(device)
-    return state_embeddings(backbone.model.encode_text(tokens), ensemble.normal_count)
+    sentences = backbone.encode_text(ensemble.sentences(prompt_class_name(class_name)), normalize=False)
+    return state_embeddings(sentences, ensemble.normal_count)
 
 
 def cached_text_embeddings(cache: dict, backbone, ensemble: PromptEnsemble, class_names) -> torch.Tensor:

@@ -23,19 +23,21 @@ equals taking them before it, as the reference implementations do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..backbones import build_clip
+from ..backbones import architecture, build_clip
 from ..data.transforms import ImageTransform
-from .base import Detector, FitData, Prediction, gaussian_smooth
+from ..validation import Each, ValidatedConfig
+from .base import BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Detector, FitData, Prediction, gaussian_smooth
+from .registry import register_method
 from .text_prompts import WINCLIP_ENSEMBLE, cached_text_embeddings
 
 
-@dataclass
-class WinCLIPConfig:
+@dataclass(frozen=True)
+class WinCLIPConfig(ValidatedConfig):
     backbone: str = "ViT-B-16-plus-240"   # WinCLIP §4.1
     pretrained: str | None = "laion400m_e31"  # WinCLIP §4.1 (LAION-400M)
     image_size: int = 240                 # WinCLIP §4.1
@@ -45,10 +47,16 @@ class WinCLIPConfig:
     batch_size: int = 8
     device: str = "cpu"
 
-    def __post_init__(self):
-        self.scales = tuple(int(s) for s in self.scales)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    constraints: ClassVar[dict] = {
+        **BACKBONE_CONSTRAINTS, "scales": [Each(POSITIVE_INT)], "temperature": [POSITIVE],
+        "gaussian_sigma": [NON_NEGATIVE], "batch_size": [POSITIVE_INT],
+    }
+
+    def check(self):
+        grid = architecture(self.backbone).grid_size(self.image_size)
+        if max(self.scales) > grid:
+            self.fail("scales", f"a window is at most the patch grid: {self.backbone} at {self.image_size} px has "
+                                f"{grid}x{grid} patches")
 
 
 def window_indices(grid: int, kernel: int, stride: int = 1) -> torch.Tensor:
@@ -79,6 +87,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-2, -1)
 
 
+@register_method("winclip", config=WinCLIPConfig, fits_on=("nothing", "references"),
+                 paper="Jeong et al., WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation, CVPR 2023, "
+                       "arXiv:2303.14814",
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64})
 class WinCLIPDetector(Detector):
     """Zero-shot without ``fit``; WinCLIP+ after ``fit(FitData(reference_images=...))``."""
 
@@ -101,20 +113,16 @@ class WinCLIPDetector(Detector):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """images [B, 3, S, S] -> (image embedding [B, D], patch tokens [B, N, C] after ln_post,
         window embeddings per scale [B, W, D])."""
-        self.backbone._check_images(images)
-        visual = self.backbone.model.visual
-        tokens = visual._embeds(images.to(self.config.device))  # [B, 1 + N, C], after ln_pre
-        pooled, patch_tokens = visual._pool(visual.transformer(tokens))
-        image_embedding = pooled @ visual.proj if visual.proj is not None else pooled
+        backbone = self.backbone
+        tokens = backbone.image_input_tokens(images.to(self.config.device))  # [B, 1 + N, C], after ln_pre
+        image_embedding, patch_tokens = backbone.pool_image_tokens(backbone.run_image_transformer(tokens))
         window_embeddings = []
         for windows in self.windows:
             batch, count = tokens.shape[0], windows.shape[0]
             selected = tokens[:, 1:][:, windows.to(tokens.device)]  # [B, W, k², C]
             cls = tokens[:, :1, None].expand(-1, count, -1, -1)  # [B, W, 1, C]
             sequences = torch.cat([cls, selected], dim=2).reshape(batch * count, -1, tokens.shape[-1])
-            window_pooled, _ = visual._pool(visual.transformer(sequences))
-            if visual.proj is not None:
-                window_pooled = window_pooled @ visual.proj
+            window_pooled, _ = backbone.pool_image_tokens(backbone.run_image_transformer(sequences))
             window_embeddings.append(window_pooled.reshape(batch, count, -1))
         return image_embedding, patch_tokens, window_embeddings
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..io import atomic_write
+from .io import atomic_write
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:

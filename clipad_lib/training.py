@@ -1,13 +1,14 @@
-"""The training loop shared by the methods that learn from auxiliary data."""
+"""The training loop shared by the methods that learn from auxiliary data (below methods/, above data/)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.auxiliary import AuxiliaryTrainingSet
+if TYPE_CHECKING:
+    from .data.auxiliary import AuxiliaryTrainingSet
 
 
 def train_epochs(step: Callable[[dict], torch.Tensor], optimizer: torch.optim.Optimizer,
