@@ -8,16 +8,19 @@ from clipad_lib.results import (
     format_mean_std,
     load_records,
     load_reported,
+    name_variants,
     paper_vs_ours,
     record_path,
     records_frame,
+    RunSpec,
     run_recorded,
+    run_tag,
     summary_table,
     write_table,
 )
 
 COMMON = dict(method="patchcore", dataset="synthetic", protocol={"resolution": 128, "aupro_variant": "mvtec"},
-              tag="4shot")
+              setting="4-shot")
 
 
 def _run(results_dir, category, seed, value, config=None, resume=False, calls=None):
@@ -26,8 +29,8 @@ def _run(results_dir, category, seed, value, config=None, resume=False, calls=No
             calls.append((category, seed))
         return RunOutcome({"image_auroc": value, "pixel_auroc": value / 2, "aupro": None}, {"predict_s": 1.0})
 
-    return run_recorded(results_dir=results_dir, config=config or {"k": 4}, category=category, seed=seed, run=run,
-                        resume=resume, **COMMON)
+    spec = RunSpec(config=config or {"k": 4}, category=category, seed=seed, **COMMON)
+    return run_recorded(spec, run, results_dir=results_dir, resume=resume)
 
 
 def test_record_is_written_with_provenance(tmp_path):
@@ -38,6 +41,7 @@ def test_record_is_written_with_provenance(tmp_path):
     assert stored["metrics"]["image_auroc"] == 0.9 and stored["protocol"]["aupro_variant"] == "mvtec"
     assert stored["packages"]["torch"] and stored["code_fingerprint"] and stored["device"].startswith("cpu")
     assert stored["input_hash"] == record.input_hash
+    assert stored["setting"] == "4-shot" and stored["variant"] == "" and "tag" not in stored
     assert not list(path.parent.glob("*.tmp"))
 
 
@@ -57,7 +61,7 @@ def test_a_failing_run_leaves_no_record(tmp_path):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError):
-        run_recorded(results_dir=tmp_path, config={}, category="pill", seed=0, run=broken, **COMMON)
+        run_recorded(RunSpec(config={}, category="pill", seed=0, **COMMON), broken, results_dir=tmp_path)
     assert not (tmp_path / "records").exists() or not list((tmp_path / "records").rglob("*.json"))
 
 
@@ -134,3 +138,33 @@ def test_with_category_mean_matches_the_average_row(tmp_path):
     long = with_category_mean(records_frame(load_records(tmp_path)))
     mean = long[(long["category"] == "mean") & (long["metric"] == "image_auroc")]["value"]
     assert list(mean) == [pytest.approx(0.80)]
+
+
+def test_setting_and_variant_are_fields_and_the_tag_only_a_path(tmp_path):
+    assert run_tag("4-shot") == "4shot" and run_tag("4-shot", "losses-both") == "4shot-losses-both"
+    assert run_tag("zero-shot") == "zero-shot" and run_tag("zero-shot", "frozen") == "zero-shot-frozen"
+    spec = RunSpec(config={}, category="pill", seed=0, variant="losses-both", **COMMON)
+    record, _ = run_recorded(spec, lambda: RunOutcome({"image_auroc": 0.8}), results_dir=tmp_path)
+    assert spec.path(tmp_path) == tmp_path / "records" / "patchcore-4shot-losses-both" / "synthetic" / "pill" / "seed0.json"
+    frame = records_frame(load_records(tmp_path))
+    assert frame[["setting", "variant"]].drop_duplicates().values.tolist() == [["4-shot", "losses-both"]]
+    assert name_variants(frame, {"losses-both": "both losses"})["method"].tolist() == ["patchcore (both losses)"]
+    # A variant is part of what names a run: another variant is another record, not a reuse.
+    other = RunSpec(config={}, category="pill", seed=0, variant="losses-ce", **COMMON)
+    assert other.reusable(tmp_path) is None and spec.reusable(tmp_path).input_hash == record.input_hash
+
+
+def test_reported_numbers_name_only_registered_or_reported_only_methods(tmp_path):
+    from clipad_lib.methods import list_methods
+    from clipad_lib.papers import REPORTED_ONLY, available_papers, base_method, reported_csv
+
+    for paper in available_papers():
+        reported = load_reported(reported_csv(paper))
+        assert {base_method(m) for m in reported["method"]} & set(list_methods()), paper
+    assert not set(REPORTED_ONLY) & set(list_methods()), "a registered method is still listed as reported-only"
+    bad = tmp_path / "reported.csv"
+    bad.write_text("table,method,dataset,category,setting,metric,value,source\n"
+                   "1,adaclip,visa,candle,zero-shot,image_auroc,90.0,Tab. 1\n"
+                   "1,adaclipp (hybrid),visa,candle,zero-shot,image_auroc,91.0,Tab. 1\n")
+    with pytest.raises(ValueError, match=r"neither registered nor reported-only: \['adaclipp \(hybrid\)'\]"):
+        load_reported(bad)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import AnomalyDataset, sample_k_shot, write_k_shot_list
 from ..methods.base import Detector, FitData
-from ..results import RunOutcome, RunRecord, dataset_fingerprint, run_recorded
+from ..results import RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
 
 
@@ -43,15 +43,19 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
                  keep_evaluations: bool = False, variant: str = "") -> FewShotRun:
     """Evaluate ``detector`` k-shot on every (category, seed) and write one run record each.
 
+    ``variant`` names an ablation of the method ("" for the method as configured); it is a field of
+    every record, beside the setting ("4-shot").
+
     The reference lists are written to ``results_dir/kshot/<dataset>/<category>/k<k>-seed<s>.json``
     so any number can be re-run on exactly the same references. With ``resume``, a run whose
     inputs and code are unchanged is read back instead of recomputed.
     """
     outcome = FewShotRun()
-    tag = f"{k}shot-{variant}" if variant else f"{k}shot"
+    setting = few_shot_setting(k)
+    label = f"{setting} {variant}" if variant else setting
     protocol = evaluation_protocol(detector, aupro_variant)
     jobs = [(c, s) for c in (categories or test.categories) for s in seeds]
-    for category, seed in tqdm(jobs, desc=f"{detector.name} {tag} on {test.name}"):
+    for category, seed in tqdm(jobs, desc=f"{detector.name} {label} on {test.name}"):
         references = sample_k_shot(train, category, k, seed)
         write_k_shot_list(Path(results_dir) / "kshot" / test.name / category / f"k{k}-seed{seed}.json",
                           references, dataset=test.name, category=category, k=k, seed=seed, root=root)
@@ -72,9 +76,9 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
                 outcome.evaluations[(category, seed)] = evaluation
             return RunOutcome(evaluation.metrics, {"fit_s": fit_seconds, **evaluation.timings})
 
-        record, reused = run_recorded(results_dir=results_dir, method=detector.name, config=detector.config,
-                                      dataset=test.name, category=category, seed=seed, protocol=protocol, run=run,
-                                      tag=tag, identity=identity, device=device, resume=resume)
+        spec = RunSpec(method=detector.name, setting=setting, variant=variant, dataset=test.name, category=category,
+                       seed=seed, config=detector.config, protocol=protocol, identity=identity)
+        record, reused = run_recorded(spec, run, results_dir=results_dir, device=device, resume=resume)
         outcome.records.append(record)
         outcome.reused += int(reused)
     return outcome

@@ -9,7 +9,7 @@ from typing import Sequence
 from ..data import AnomalyDataset
 from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
-from ..results import RunOutcome, RunRecord, dataset_fingerprint, reusable_record, run_input_hash, run_recorded
+from ..results import ZERO_SHOT, RunOutcome, RunRecord, RunSpec, dataset_fingerprint
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol
 
 
@@ -29,43 +29,37 @@ def run_zero_shot(detector: Detector, *, test: AnomalyDataset, test_root: Path,
     """Fit ``detector`` on ``auxiliary`` (skipped for methods without training) and evaluate per category.
 
     The auxiliary categories must not overlap the test categories (refused otherwise). With
-    ``resume``, when every category's record is unchanged (same config, data, code), neither
-    training nor evaluation runs again.
+    ``resume``, every category whose record is unchanged (same config, data, code) is read back;
+    training runs only when some category is left to evaluate.
     """
     categories = list(categories or test.categories)
     auxiliary = list(auxiliary)
     check_zero_shot([c for d in auxiliary for c in d.categories], categories)
     protocol = evaluation_protocol(detector, aupro_variant)
     training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
-    identities = {
-        c: {"test_files": dataset_fingerprint(test.subset(category=c).records, test_root),
-            "auxiliary": training_identity}
+    specs = {
+        c: RunSpec(method=detector.name, setting=ZERO_SHOT, dataset=test.name, category=c, seed=seed,
+                   config=detector.config, protocol=protocol,
+                   identity={"test_files": dataset_fingerprint(test.subset(category=c).records, test_root),
+                             "auxiliary": training_identity})
         for c in categories
     }
+    reused = {c: spec.reusable(results_dir) for c, spec in specs.items()} if resume else {}
     outcome = ZeroShotRun()
-    if resume:
-        existing = [reusable_record(results_dir, detector.name, "zero-shot", test.name, c, seed,
-                                    run_input_hash(method=detector.name, tag="zero-shot", config=detector.config,
-                                                   dataset=test.name, category=c, seed=seed, protocol=protocol,
-                                                   identity=identities[c]))
-                    for c in categories]
-        if all(record is not None for record in existing):
-            outcome.records, outcome.reused = existing, len(existing)
-            return outcome
-    if auxiliary:
+    missing = [c for c in categories if reused.get(c) is None]
+    if missing and auxiliary:
         start = time.perf_counter()
         detector.fit(FitData(auxiliary=auxiliary))
         outcome.trained, outcome.fit_seconds = True, time.perf_counter() - start
     for category in categories:
-        def run(category=category) -> RunOutcome:
-            evaluation = evaluate_detector(detector, test.subset(category=category), batch_size=batch_size,
-                                           aupro_variant=aupro_variant, desc=f"{detector.name} on {category}")
-            if keep_evaluations:
-                outcome.evaluations[category] = evaluation
-            return RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings})
-
-        record, reused = run_recorded(results_dir=results_dir, method=detector.name, config=detector.config,
-                                      dataset=test.name, category=category, seed=seed, protocol=protocol, run=run,
-                                      tag="zero-shot", identity=identities[category], device=device, resume=False)
-        outcome.records.append(record)
+        if reused.get(category) is not None:
+            outcome.records.append(reused[category])
+            outcome.reused += 1
+            continue
+        evaluation = evaluate_detector(detector, test.subset(category=category), batch_size=batch_size,
+                                       aupro_variant=aupro_variant, desc=f"{detector.name} on {category}")
+        if keep_evaluations:
+            outcome.evaluations[category] = evaluation
+        result = RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings})
+        outcome.records.append(specs[category].write(results_dir, result, device))
     return outcome

@@ -1,9 +1,12 @@
 """Run records: one JSON per evaluation, written atomically, reusable on resume.
 
-A record's ``input_hash`` covers everything that determines its numbers: method, config,
-dataset files (relative paths and sizes), category, seed, evaluation protocol, extra identity
-(e.g. the k-shot list) and a fingerprint of the library's source code. ``--resume`` reuses a
-record only when that hash is unchanged.
+A run is named by a :class:`RunSpec`: method, setting ("zero-shot", "4-shot"), variant (an
+ablation's name, "" for the method as configured), dataset, category, seed — plus what else
+determines its numbers: config, evaluation protocol, identity (dataset files, the k-shot list).
+Its ``input_hash`` covers all of that and a fingerprint of the library's source code; resuming
+reuses a stored record only when that hash is unchanged (:meth:`RunSpec.reusable`, the one
+resume mechanism). Setting and variant are fields of the record; the tag ("4shot-<variant>")
+is only the folder name.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ class RunRecord:
     config: dict
     protocol: dict
     input_hash: str
-    tag: str = ""
+    setting: str = ""
+    variant: str = ""
     timings: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
     code_fingerprint: str = ""
@@ -46,8 +50,28 @@ class RunRecord:
     created: str = ""
 
     @property
+    def tag(self) -> str:
+        return run_tag(self.setting, self.variant)
+
+    @property
     def run_name(self) -> str:
         return f"{self.method}-{self.tag}" if self.tag else self.method
+
+
+ZERO_SHOT = "zero-shot"
+
+
+def few_shot_setting(k: int) -> str:
+    """The setting of a k-shot run, as the papers' tables write it: ``"4-shot"``."""
+    return f"{int(k)}-shot"
+
+
+def run_tag(setting: str, variant: str = "") -> str:
+    """The folder name of a run's records: ``"4-shot"`` -> ``"4shot"``, a variant appended
+    (``"4shot-losses-both"``); ``"zero-shot"`` stays as it is. Only paths use it."""
+    shots = setting.removesuffix("-shot")
+    tag = f"{shots}shot" if shots.isdigit() else setting
+    return "-".join(part for part in (tag, variant) if part)
 
 
 def _jsonable(value: Any) -> Any:
@@ -160,48 +184,66 @@ class RunOutcome:
     timings: dict = field(default_factory=dict)
 
 
-def run_input_hash(*, method: str, tag: str, config: Any, dataset: str, category: str, seed: int, protocol: dict,
-                   identity: dict | None = None) -> str:
-    """The hash of everything that determines a run's numbers, code included."""
-    return stable_hash({"method": method, "tag": tag, "config": _jsonable(config), "dataset": dataset,
-                        "category": category, "seed": seed, "protocol": protocol, "identity": _jsonable(identity or {}),
-                        "code": code_fingerprint()})
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that names one run and determines its numbers (see the module docstring)."""
+
+    method: str
+    setting: str
+    dataset: str
+    category: str
+    seed: int
+    config: Any
+    protocol: dict
+    identity: dict = field(default_factory=dict)
+    variant: str = ""
+
+    @property
+    def tag(self) -> str:
+        return run_tag(self.setting, self.variant)
+
+    @property
+    def input_hash(self) -> str:
+        """The hash of everything that determines the run's numbers, code included."""
+        return stable_hash({"method": self.method, "setting": self.setting, "variant": self.variant,
+                            "config": _jsonable(self.config), "dataset": self.dataset, "category": self.category,
+                            "seed": self.seed, "protocol": self.protocol, "identity": _jsonable(self.identity),
+                            "code": code_fingerprint()})
+
+    def path(self, results_dir: Path) -> Path:
+        return record_path(results_dir, self.method, self.tag, self.dataset, self.category, self.seed)
+
+    def reusable(self, results_dir: Path) -> RunRecord | None:
+        """The stored record of this run if its inputs and code are unchanged, else None."""
+        path = self.path(results_dir)
+        if path.is_file():
+            existing = read_record(path)
+            if existing.input_hash == self.input_hash:
+                return existing
+        return None
+
+    def write(self, results_dir: Path, outcome: RunOutcome, device: str = "cpu") -> RunRecord:
+        """Write the record of a finished run (atomically) and return it."""
+        record = RunRecord(
+            method=self.method, dataset=self.dataset, category=self.category, seed=self.seed,
+            metrics=_jsonable(outcome.metrics), config=_jsonable(self.config), protocol=_jsonable(self.protocol),
+            input_hash=self.input_hash, setting=self.setting, variant=self.variant,
+            timings=_jsonable(outcome.timings), identity=_jsonable(self.identity), code_fingerprint=code_fingerprint(),
+            git_commit=git_commit(), packages=package_versions(), device=device_description(device),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_record(record, results_dir)
+        return record
 
 
-def reusable_record(results_dir: Path, method: str, tag: str, dataset: str, category: str, seed: int,
-                    input_hash: str) -> RunRecord | None:
-    """The stored record of this run if its inputs and code are unchanged, else None."""
-    path = record_path(results_dir, method, tag, dataset, category, seed)
-    if path.is_file():
-        existing = read_record(path)
-        if existing.input_hash == input_hash:
-            return existing
-    return None
+def run_recorded(spec: RunSpec, run: Callable[[], RunOutcome], *, results_dir: Path, device: str = "cpu",
+                 resume: bool = False) -> tuple[RunRecord, bool]:
+    """Run ``run`` and write its record, or, with ``resume``, reuse the stored record of ``spec``.
 
-
-def run_recorded(*, results_dir: Path, method: str, config: Any, dataset: str, category: str, seed: int,
-                 protocol: dict, run: Callable[[], RunOutcome], tag: str = "", identity: dict | None = None,
-                 device: str = "cpu", resume: bool = False) -> tuple[RunRecord, bool]:
-    """Run ``run`` and write its record, or reuse the existing record when resuming.
-
-    Returns (record, reused). ``identity`` holds whatever else determines the numbers (dataset
-    fingerprint, k-shot files); it is part of the input hash.
+    Returns (record, reused). A run that raises writes nothing.
     """
-    config_dict = _jsonable(config)
-    identity = _jsonable(identity or {})
-    input_hash = run_input_hash(method=method, tag=tag, config=config, dataset=dataset, category=category,
-                                seed=seed, protocol=protocol, identity=identity)
     if resume:
-        existing = reusable_record(results_dir, method, tag, dataset, category, seed, input_hash)
+        existing = spec.reusable(results_dir)
         if existing is not None:
             return existing, True
-    outcome = run()
-    record = RunRecord(
-        method=method, dataset=dataset, category=category, seed=seed, metrics=_jsonable(outcome.metrics),
-        config=config_dict, protocol=_jsonable(protocol), input_hash=input_hash, tag=tag,
-        timings=_jsonable(outcome.timings), identity=identity, code_fingerprint=code_fingerprint(),
-        git_commit=git_commit(), packages=package_versions(), device=device_description(device),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    write_record(record, results_dir)
-    return record, False
+    return spec.write(results_dir, run(), device), False

@@ -23,15 +23,17 @@ MEAN_ROW = "mean"
 
 
 def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
-    """Long format: one row per (run, dataset, category, seed, metric) with value in [0, 1]."""
+    """Long format: one row per (run, dataset, category, seed, metric) with value in [0, 1];
+    ``setting`` ("zero-shot", "4-shot") and ``variant`` ("" or an ablation's name) come from the records."""
+    columns = ["run", "method", "setting", "variant", "dataset", "category", "seed", "metric", "value"]
     rows = [
-        {"run": r.run_name, "method": r.method, "tag": r.tag, "dataset": r.dataset, "category": r.category,
-         "seed": r.seed, "metric": metric, "value": value}
+        {"run": r.run_name, "method": r.method, "setting": r.setting, "variant": r.variant, "dataset": r.dataset,
+         "category": r.category, "seed": r.seed, "metric": metric, "value": value}
         for r in records
         for metric, value in r.metrics.items()
         if value is not None
     ]
-    return pd.DataFrame(rows, columns=["run", "method", "tag", "dataset", "category", "seed", "metric", "value"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def with_category_mean(long: pd.DataFrame) -> pd.DataFrame:
@@ -98,11 +100,20 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, display: pd.DataFram
 
 
 def load_reported(path: str | Path) -> pd.DataFrame:
-    """Read a CSV of reported numbers and check its columns."""
+    """Read a CSV of reported numbers; check its columns and that every method is registered
+    (:func:`~clipad_lib.methods.list_methods`) or listed in ``papers.REPORTED_ONLY``."""
+    from ..methods import list_methods
+    from ..papers import REPORTED_ONLY, base_method
+
     reported = pd.read_csv(path, dtype={"category": str, "setting": str}, keep_default_na=False)
     missing = set(REPORTED_COLUMNS) - set(reported.columns)
     if missing:
         raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected {list(REPORTED_COLUMNS)}")
+    unknown = sorted({m for m in reported["method"] if base_method(m) not in set(list_methods()) | set(REPORTED_ONLY)})
+    if unknown:
+        raise ValueError(f"{path} names methods that are neither registered nor reported-only: {unknown}; "
+                         f"registered: {', '.join(list_methods())}; add a reported-only method to "
+                         "clipad_lib/papers/__init__.py REPORTED_ONLY")
     reported["value"] = pd.to_numeric(reported["value"], errors="raise")
     return reported
 
@@ -131,20 +142,14 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
     return merged[extra + keys + ["paper", "ours", "Δ", "status", "source"]]
 
 
-def few_shot_frame(records: Iterable[RunRecord], variant_labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """Long frame of few-shot records with a ``setting`` column ("4-shot") parsed from the run tag
-    ("4shot" or "4shot-<variant>"); a variant renames the method to ``"<method> (<label>)"``, the
-    way ablation rows are named in the reported CSVs."""
-    long = records_frame(records)
-    parts = long["tag"].str.extract(r"^(?P<k>\d+)shot(?:-(?P<variant>.+))?$")
-    if parts["k"].isna().any():
-        bad = sorted(set(long.loc[parts["k"].isna(), "tag"]))
-        raise ValueError(f"not few-shot run tags: {bad}; expected '<k>shot' or '<k>shot-<variant>'")
-    long["setting"] = parts["k"] + "-shot"
-    long["variant"] = parts["variant"].fillna("")
-    labels = variant_labels or {}
-    long["method"] = [m if not v else f"{m} ({labels.get(v, v)})" for m, v in zip(long["method"], long["variant"])]
-    return long
+def name_variants(long: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """A copy of ``long`` whose rows with a variant show the method as ``"<method> (<label>)"``,
+    the way the reported CSVs name ablation rows (``labels`` maps a variant to its label; the
+    variant's own name where it has none). The ``variant`` column stays as it is."""
+    labels = labels or {}
+    named = long.copy()
+    named["method"] = [m if not v else f"{m} ({labels.get(v, v)})" for m, v in zip(long["method"], long["variant"])]
+    return named
 
 
 def wide_table(long: pd.DataFrame, index: Sequence[str], columns: str = "category", digits: int = 1) -> pd.DataFrame:
