@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import open_clip
 import torch
 from open_clip.factory import load_state_dict as _open_clip_load_state_dict
-from open_clip.model import resize_pos_embed, resize_text_pos_embed
+from open_clip.model import resize_pos_embed, resize_text_pos_embed, set_model_preprocess_cfg
 from torch import nn
 
 from .. import paths
@@ -56,11 +56,16 @@ class ClipSpec:
     pretrained: pretrained tag, local checkpoint path, or None for random init.
     image_size: input resolution; positional embeddings are interpolated when it differs from
         the architecture's (AdaCLIP runs ViT-L-14-336 at 518).
+    quick_gelu: the activation (QuickGELU as OpenAI's CLIP was trained, else exact GELU).
+    pos_embed_antialias: how loaded positional embeddings are resized to ``image_size``: bicubic,
+        ``align_corners=False``, with or without antialiasing (the code bases differ).
     """
 
     model_name: str
     pretrained: str | None = None
     image_size: int | None = None
+    quick_gelu: bool = False
+    pos_embed_antialias: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,18 +120,32 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[s
         )
 
 
-def load_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
+def resize_positional_embedding(state_dict: dict[str, torch.Tensor], model: nn.Module, antialias: bool) -> None:
+    """Interpolate ``state_dict``'s image positional embedding (in place) to ``model``'s patch grid:
+    the class token kept, the grid resized bicubically with ``align_corners=False`` and
+    ``antialias`` as given. open_clip 3.3 antialiases; the official AdaCLIP code does not."""
+    resize_pos_embed(state_dict, model, interpolation="bicubic", antialias=antialias)
+
+
+def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                         pos_embed_antialias: bool = True) -> None:
+    """Load an open_clip state dict into ``model``, positional embeddings resized to its
+    resolution, every tensor checked first (a mismatch names each wrong tensor)."""
+    state_dict = dict(state_dict)
+    resize_positional_embedding(state_dict, model, pos_embed_antialias)
+    resize_text_pos_embed(state_dict, model)
+    check_state_dict(model.state_dict(), state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias: bool = True) -> None:
     """Load a local open_clip checkpoint with ``weights_only=True``, checking every tensor first."""
     path = Path(path)
     try:
         state_dict = _open_clip_load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    # Position embeddings are interpolated to the requested resolution, as open_clip does.
-    resize_pos_embed(state_dict, model)
-    resize_text_pos_embed(state_dict, model)
-    check_state_dict(model.state_dict(), state_dict, str(path))
-    model.load_state_dict(state_dict, strict=True)
+    load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias)
 
 
 class ClipBackbone(nn.Module):
@@ -144,6 +163,7 @@ class ClipBackbone(nn.Module):
             parameter.requires_grad_(False)
         visual = model.visual
         self.image_size = int(visual.image_size[0])
+        self.native_image_size = architecture(spec.model_name).image_size  # before any resize
         self.patch_size = int(visual.patch_size[0])
         self.num_layers = len(visual.transformer.resblocks)
         self.width = int(visual.transformer.width)
@@ -248,9 +268,28 @@ class ClipBackbone(nn.Module):
         return self.model.encode_text(tokens, normalize=normalize)
 
 
+def _pretrained_state(model_name: str, tag: str, cache_dir, quick_gelu: bool) -> tuple[dict, dict]:
+    """(state dict, preprocess config) of a pretrained tag, through open_clip's own download and
+    conversion at the architecture's native resolution."""
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if tag not in tags:
+        raise BackboneError(f"{tag!r} is neither a local checkpoint file nor a pretrained tag of {model_name} "
+                            f"(tags: {', '.join(tags) or 'none'})")
+    cache = cache_dir or paths.weights_dir()
+    try:
+        native = open_clip.create_model(model_name, pretrained=tag, cache_dir=str(cache) if cache else None,
+                                        force_quick_gelu=quick_gelu)
+    except Exception as exc:
+        raise BackboneError(
+            f"could not load {model_name}/{tag} weights: {exc}. On a machine without network, put the "
+            "weights in the cache first (CLIPAD_WEIGHTS or the HF cache) or pass a local checkpoint path."
+        ) from None
+    return native.state_dict(), dict(getattr(native.visual, "preprocess_cfg", {}) or {})
+
+
 def build_clip(model_name: str, pretrained: str | None = None, image_size: int | None = None,
                device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-               quick_gelu: bool = False, init_seed: int = 0) -> ClipBackbone:
+               quick_gelu: bool = False, init_seed: int = 0, pos_embed_antialias: bool = True) -> ClipBackbone:
     """Build a frozen CLIP backbone.
 
     Args:
@@ -263,37 +302,31 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
             architecture names is exact GELU, which is what AdaCLIP's released checkpoints expect.
         init_seed: seeds the random initialisation (when no weights are loaded), so a random-init
             backbone is the same whatever ran before; the caller's RNG state is left untouched.
+        pos_embed_antialias: resize loaded positional embeddings to ``image_size`` with antialiasing
+            (open_clip's and APRIL-GAN's way) or without (AdaCLIP's); see each method's config.
+
+    Weights (a tag's or a file's) are always loaded into a model built at ``image_size``, through
+    :func:`load_clip_state_dict`, so the resize rule is the same for both.
     """
     known = open_clip.list_models()
     if model_name not in known:
         raise BackboneError(f"unknown CLIP architecture {model_name!r}; e.g. {', '.join(TINY_MODELS)}, "
                             "ViT-B-16, ViT-B-16-plus-240, ViT-L-14-336 (open_clip.list_models() lists all)")
-    spec = ClipSpec(model_name, pretrained, image_size)
+    spec = ClipSpec(model_name, pretrained, image_size, quick_gelu, pos_embed_antialias)
     kwargs = {"force_image_size": image_size} if image_size else {}
     if quick_gelu:
         kwargs["force_quick_gelu"] = True
     local_file = pretrained is not None and Path(pretrained).expanduser().is_file()
-    if pretrained is not None and not local_file:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained not in tags:
-            raise BackboneError(
-                f"{pretrained!r} is neither a local checkpoint file nor a pretrained tag of {model_name} "
-                f"(tags: {', '.join(tags) or 'none'})"
-            )
-        cache = cache_dir or paths.weights_dir()
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=str(cache) if cache else None,
-                                           **kwargs)
-        except Exception as exc:
-            raise BackboneError(
-                f"could not load {model_name}/{pretrained} weights: {exc}. On a machine without network, put the "
-                "weights in the cache first (CLIPAD_WEIGHTS or the HF cache) or pass a local checkpoint path."
-            ) from None
-    else:
-        with _quiet_random_init(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            model = open_clip.create_model(model_name, pretrained=None, **kwargs)
-        if local_file:
-            load_clip_checkpoint(model, Path(pretrained).expanduser())
+    tag_state = _pretrained_state(model_name, pretrained, cache_dir, quick_gelu) \
+        if pretrained is not None and not local_file else None
+    with _quiet_random_init(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+    if tag_state is not None:
+        state_dict, preprocess = tag_state
+        load_clip_state_dict(model, state_dict, f"{model_name}/{pretrained}", pos_embed_antialias)
+        set_model_preprocess_cfg(model, {**preprocess, "size": model.visual.image_size})
+    elif local_file:
+        load_clip_checkpoint(model, Path(pretrained).expanduser(), pos_embed_antialias)
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipBackbone(model, spec, tokenizer).to(device)

@@ -38,15 +38,35 @@ def load_reference_images(records: list[SampleRecord], transform: ImageTransform
     return torch.stack([transform.image(load_sample(r).image) for r in records])
 
 
+# Choices where the official code bases differ from each other or from their papers; a config
+# that has the field records it (see each method's docstring for the source of its default).
+FIDELITY_FIELDS = ("smoothing_boundary", "kmeans", "text_ensemble")
+
+
 def evaluation_protocol(detector: Detector, aupro_variant: str = "mvtec", fpr_limit: float = 0.3) -> dict:
-    """How an evaluation scores maps: stored in every run record and part of its input hash."""
+    """How an evaluation scores maps: stored in every run record and part of its input hash.
+
+    Besides resolution, transform and metric recipe it names the fidelity switches: the
+    backbone's activation and positional-embedding resize, the smoothing boundary, HSF's k-means
+    and the text ensemble, where the method has them.
+    """
     transform = detector.transform
+    config = detector.config
+    spec = getattr(detector.backbone, "spec", None)
+    backbone = {}
+    if spec is not None:
+        resized = spec.pretrained is not None and spec.image_size not in (None, detector.backbone.native_image_size)
+        backbone = {"activation": "quick_gelu" if spec.quick_gelu else "gelu",
+                    "pos_embed_resize": ("bicubic, antialias" if spec.pos_embed_antialias else "bicubic, no antialias")
+                    if resized else "none"}
     return {
         "resolution": transform.size,
         "transform": transform.describe(),
         "mask_interpolation": transform.mask_interpolation,
         "map_interpolation": "bilinear",
-        "gaussian_sigma": getattr(detector.config, "gaussian_sigma", None),
+        "gaussian_sigma": getattr(config, "gaussian_sigma", None),
+        **backbone,
+        **{name: getattr(config, name) for name in FIDELITY_FIELDS if hasattr(config, name)},
         "aupro_variant": aupro_variant,
         "aupro_fpr_limit": fpr_limit,
     }

@@ -3,6 +3,9 @@
 Chen et al., "A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023
 VAND Workshop Challenge" (APRIL-GAN). Facts from its official code (ByChelsea/VAND-APRIL-GAN):
 
+* backbone: at the paper's 518 px its ``create_model`` builds ``CLIP(**model_cfg)`` — exact GELU —
+  and resizes positional embeddings bicubically *with* antialias; only at the architecture's own
+  resolution does it load OpenAI weights with QuickGELU (``AprilGANConfig.uses_quick_gelu``);
 * zero-shot: one ``Linear(width -> embed_dim)`` per layer maps the raw patch tokens (no
   ``ln_post``) of layers 6, 12, 18, 24 of ViT-L/14@336 at 518 px into the text space; per layer
   ``softmax(100 · patch · text)`` upsampled bilinearly (align_corners) — the abnormal channels
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import CheckpointError, build_clip, check_state_dict
+from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
@@ -44,7 +47,11 @@ from .text_prompts import APRILGAN_ENSEMBLE, cached_text_embeddings
 class AprilGANConfig(ValidatedConfig):
     backbone: str = "ViT-L-14-336"           # official train.sh / test scripts
     pretrained: str | None = "openai"
-    quick_gelu: bool = True                  # its open_clip loads OpenAI weights with QuickGELU, as CLIP was trained
+    # None: the official rule. Its create_model loads OpenAI weights through load_openai_model
+    # (QuickGELU) only at the architecture's own resolution; at any other (the paper's 518 on
+    # ViT-L-14-336) it builds CLIP(**model_cfg), i.e. exact GELU, and its checkpoints were trained so.
+    quick_gelu: bool | None = None
+    pos_embed_antialias: bool = True         # its vendored open_clip resizes with antialias
     image_size: int = 518                    # official scripts
     layers: tuple[int, ...] = (6, 12, 18, 24)           # --features_list
     few_shot_layers: tuple[int, ...] = (6, 12, 18, 24)  # --few_shot_features
@@ -58,7 +65,8 @@ class AprilGANConfig(ValidatedConfig):
     seed: int = 111                          # train.py setup_seed(111)
 
     constraints: ClassVar[dict] = {
-        **BACKBONE_CONSTRAINTS, "quick_gelu": [bool], "layers": [LAYERS], "few_shot_layers": [LAYERS],
+        **BACKBONE_CONSTRAINTS, "quick_gelu": [bool, None], "pos_embed_antialias": [bool], "layers": [LAYERS],
+        "few_shot_layers": [LAYERS],
         "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE], "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)],
         "batch_size": [POSITIVE_INT], "mosaic_prob": [PROBABILITY], "gaussian_sigma": [NON_NEGATIVE], "seed": [int],
     }
@@ -66,11 +74,18 @@ class AprilGANConfig(ValidatedConfig):
     def check(self):
         check_layers(self, "layers", "few_shot_layers")
 
+    @property
+    def uses_quick_gelu(self) -> bool:
+        """``quick_gelu`` if set, else the official rule (OpenAI weights at the native resolution)."""
+        if self.quick_gelu is not None:
+            return self.quick_gelu
+        return self.pretrained == "openai" and self.image_size == architecture(self.backbone).image_size
+
 
 @register_method("aprilgan", config=AprilGANConfig, fits_on=("auxiliary", "references"),
                  paper="Chen et al., A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023 "
                        "VAND Workshop Challenge Tracks 1&2, arXiv:2305.17382",
-                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "quick_gelu": False, "layers": (2, 4, 6, 8),
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8),
                                 "few_shot_layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4})
 class AprilGANDetector(Detector):
     """``fit(FitData(auxiliary=...))`` trains the projections; ``reference_images`` add the few-shot memory."""
@@ -80,7 +95,8 @@ class AprilGANDetector(Detector):
     def __init__(self, config: AprilGANConfig = AprilGANConfig(), backbone=None):
         self.config = config
         self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size,
-                                               config.device, quick_gelu=config.quick_gelu)
+                                               config.device, quick_gelu=config.uses_quick_gelu,
+                                               pos_embed_antialias=config.pos_embed_antialias)
         self.backbone.layer_indices(config.layers + config.few_shot_layers)  # an unknown layer fails here
         with seeded(config.seed):  # the projections' initialisation, without touching the caller's RNG
             self.projections = nn.ModuleList(nn.Linear(self.backbone.width, self.backbone.embed_dim)

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from ..backbones import architecture
 from ..data.transforms import ImageTransform
@@ -113,9 +112,46 @@ def upsample_patch_logits(logits: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True)
 
 
-def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[B, H, W] Gaussian-smoothed with ``sigma`` pixels (kernel truncated at 4 sigma, like scipy's)."""
+SMOOTHING_BOUNDARIES = ("reflect", "mirror")
+
+
+def _boundary_indices(size: int, radius: int, boundary: str, device) -> torch.Tensor:
+    """Source index of every position in [-radius, size + radius) under the boundary rule.
+
+    "reflect" repeats the edge pixel (d c b a | a b c d | d c b a): scipy.ndimage's default.
+    "mirror" does not (d c b | a b c d | c b a): torch's and torchvision's "reflect" padding.
+    Taken modulo the period, so a radius larger than the map still folds back correctly.
+    """
+    positions = torch.arange(-radius, size + radius, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * size if boundary == "reflect" else 2 * size - 2
+    folded = positions % period
+    return torch.where(folded >= size, period - 1 - folded if boundary == "reflect" else period - folded, folded)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float, boundary: str = "reflect") -> torch.Tensor:
+    """[B, H, W] Gaussian-smoothed with ``sigma`` pixels, as ``scipy.ndimage.gaussian_filter``.
+
+    The kernel is scipy's (truncated at ``int(4 sigma + 0.5)`` pixels, normalized), applied along
+    each axis in float64 on the maps' device. ``boundary``: "reflect" (scipy's default, which the
+    official AdaCLIP and PatchCore code smooth with) or "mirror" (torchvision's ``gaussian_blur``).
+    """
+    if boundary not in SMOOTHING_BOUNDARIES:
+        raise ValueError(f"boundary must be one of {SMOOTHING_BOUNDARIES}, got {boundary!r}")
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
-    return gaussian_blur(maps.unsqueeze(1), kernel_size=2 * radius + 1, sigma=sigma).squeeze(1)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    smoothed = maps.to(torch.float64)
+    batch, height, width = smoothed.shape
+    for axis, size in ((1, height), (2, width)):
+        index = _boundary_indices(size, radius, boundary, maps.device)
+        padded = smoothed.index_select(axis, index)  # [B, size + 2r, other] or [B, other, size + 2r]
+        lines = padded.movedim(axis, -1)
+        shape = lines.shape
+        filtered = F.conv1d(lines.reshape(-1, 1, shape[-1]), kernel).reshape(*shape[:-1], size)
+        smoothed = filtered.movedim(-1, axis)
+    return smoothed.to(maps.dtype)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ..backbones import build_clip
 from ..data.transforms import ImageTransform
 from ..validation import Interval, Options, ValidatedConfig
-from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Detector, FitData, Prediction, check_layers,
-                   gaussian_smooth, upsample_maps)
+from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, SMOOTHING_BOUNDARIES, Detector, FitData,
+                   Prediction, check_layers, gaussian_smooth, upsample_maps)
 from .registry import register_method
 
 DISTANCES = ("cosine", "euclidean")
@@ -43,6 +43,9 @@ class PatchCoreConfig(ValidatedConfig):
     coreset_projection_dim: int = 128  # random projection for coreset distances (PatchCore supp. A)
     # Gaussian smoothing of the final map, sigma = 4 px (PatchCore §4.1; AdaCLIP uses the same).
     gaussian_sigma: float = 4.0
+    # scipy.ndimage.gaussian_filter's boundary (edge repeated), as the official PatchCore code
+    # (patchcore-inspection, RescaleSegmentor) smooths; "mirror" = torchvision's blur.
+    smoothing_boundary: str = "reflect"
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0  # coreset start point and projection
@@ -50,7 +53,8 @@ class PatchCoreConfig(ValidatedConfig):
     constraints: ClassVar[dict] = {
         **BACKBONE_CONSTRAINTS, "layers": [LAYERS], "distance": [Options(DISTANCES)], "neighbourhood": [POSITIVE_INT],
         "coreset_ratio": [Interval(float, 0, 1, closed="right")], "coreset_projection_dim": [POSITIVE_INT],
-        "gaussian_sigma": [NON_NEGATIVE], "batch_size": [POSITIVE_INT], "seed": [int],
+        "gaussian_sigma": [NON_NEGATIVE], "smoothing_boundary": [Options(SMOOTHING_BOUNDARIES)],
+        "batch_size": [POSITIVE_INT], "seed": [int],
     }
 
     def check(self):
@@ -152,7 +156,8 @@ class PatchCoreDetector(Detector):
             distances = self._nearest_distance(feats.reshape(-1, c), bank)
             layer_maps.append(distances.reshape(b, grid, grid))
         patch_map = torch.stack(layer_maps).mean(dim=0)
-        anomaly_maps = gaussian_smooth(upsample_maps(patch_map, images.shape[-1]), self.config.gaussian_sigma)
+        anomaly_maps = gaussian_smooth(upsample_maps(patch_map, images.shape[-1]), self.config.gaussian_sigma,
+                                       self.config.smoothing_boundary)
         image_scores = anomaly_maps.flatten(1).max(dim=1).values
         return Prediction(image_scores=image_scores.cpu(), anomaly_maps=anomaly_maps.cpu())
 

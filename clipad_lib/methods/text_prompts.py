@@ -49,12 +49,28 @@ WINCLIP_TEMPLATES = (
 )
 WINCLIP_ABNORMAL_STATES = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
 
+# anomalib's WinCLIP (src/anomalib/models/image/winclip/prompting.py): 21 templates — the paper's
+# 22 without "a cropped photo of a {}." and "a jpeg corrupted photo of a {}.", with "a jpeg
+# corrupted photo of the {}." twice, as anomalib lists it — and the sentence embeddings
+# averaged raw (not normalized first). Kept so an anomalib row can be reproduced exactly.
+ANOMALIB_WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.", "a close-up photo of a {}.", "a close-up photo of the {}.",
+    "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of the {}.", "a dark photo of a {}.",
+    "a jpeg corrupted photo of the {}.", "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.",
+    "a blurry photo of a {}.", "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.",
+    "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
+)
+
 
 @dataclass(frozen=True)
 class PromptEnsemble:
     templates: tuple[str, ...]
     normal_states: tuple[str, ...] = NORMAL_STATES
     abnormal_states: tuple[str, ...] = ABNORMAL_STATES
+    normalize_sentences: bool = True  # normalize each sentence embedding before the state's mean
+    hyphen_as_space: bool = True      # "metal-nut" -> "metal nut" in sentences (AdaCLIP); APRIL-GAN keeps it
 
     @property
     def normal_count(self) -> int:
@@ -69,8 +85,10 @@ class PromptEnsemble:
 
 
 ADACLIP_ENSEMBLE = PromptEnsemble(ADACLIP_TEMPLATES)
-APRILGAN_ENSEMBLE = PromptEnsemble(APRILGAN_TEMPLATES)
+APRILGAN_ENSEMBLE = PromptEnsemble(APRILGAN_TEMPLATES, hyphen_as_space=False)  # its code uses the name as given
 WINCLIP_ENSEMBLE = PromptEnsemble(WINCLIP_TEMPLATES, abnormal_states=WINCLIP_ABNORMAL_STATES)
+ANOMALIB_WINCLIP_ENSEMBLE = PromptEnsemble(ANOMALIB_WINCLIP_TEMPLATES, abnormal_states=WINCLIP_ABNORMAL_STATES,
+                                           normalize_sentences=False)
 
 
 def prompt_class_name(folder_name: str) -> str:
@@ -78,9 +96,13 @@ def prompt_class_name(folder_name: str) -> str:
     return folder_name.replace("-", " ")
 
 
-def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int) -> torch.Tensor:
-    """[..., P, D] sentence embeddings (normal first) -> [..., 2, D] normalized (normal, abnormal)."""
-    embeddings = F.normalize(sentence_embeddings, dim=-1)
+def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int,
+                     normalize_sentences: bool = True) -> torch.Tensor:
+    """[..., P, D] sentence embeddings (normal first) -> [..., 2, D] normalized (normal, abnormal).
+
+    Each state's sentences are averaged — after normalizing each (the paper codes) or raw
+    (anomalib) — and the mean is normalized."""
+    embeddings = F.normalize(sentence_embeddings, dim=-1) if normalize_sentences else sentence_embeddings
     normal = F.normalize(embeddings[..., :normal_count, :].mean(dim=-2), dim=-1)
     abnormal = F.normalize(embeddings[..., normal_count:, :].mean(dim=-2), dim=-1)
     return torch.stack([normal, abnormal], dim=-2)
@@ -89,8 +111,9 @@ def state_embeddings(sentence_embeddings: torch.Tensor, normal_count: int) -> to
 @torch.no_grad()
 def frozen_text_embeddings(backbone, ensemble: PromptEnsemble, class_name: str) -> torch.Tensor:
     """[2, D] (normal, abnormal) embeddings of one class from a frozen CLIP text tower."""
-    sentences = backbone.encode_text(ensemble.sentences(prompt_class_name(class_name)), normalize=False)
-    return state_embeddings(sentences, ensemble.normal_count)
+    name = prompt_class_name(class_name) if ensemble.hyphen_as_space else class_name
+    sentences = backbone.encode_text(ensemble.sentences(name), normalize=False)
+    return state_embeddings(sentences, ensemble.normal_count, ensemble.normalize_sentences)
 
 
 def cached_text_embeddings(cache: dict, backbone, ensemble: PromptEnsemble, class_names) -> torch.Tensor:
