@@ -1,0 +1,358 @@
+"""Write the golden fixtures of tests/test_golden.py from the OFFICIAL AdaCLIP and APRIL-GAN code.
+
+Never run by CI. Needs local checkouts of the two official repositories (their code is imported
+at run time from there, never copied here):
+
+    python scripts/make_golden_fixtures.py --adaclip /path/to/AdaCLIP --aprilgan /path/to/VAND-APRIL-GAN
+
+Both run on shared seeded random weights:
+
+* CLIP: ``build_clip(MODEL, init_seed=CLIP_SEED)`` (a random open_clip CLIP whose state dict has the
+  OpenAI key names), every tensor rounded to fp16 precision (``w.half().float()``) so that the
+  official loaders' fp16 round trip (``build_model_from_openai_state_dict``) is lossless, saved as a
+  plain state dict (``load_openai_model`` falls back to ``torch.load`` when ``torch.jit.load`` fails);
+  their download functions are monkeypatched to return that file.
+* the learnable tensors: :func:`official_checkpoint` draws them from a seed in the official layout
+  (the tests rebuild them with the same function and check their digest).
+
+Each official code base runs in its own subprocess (they vendor modules named ``open_clip``,
+``loss``, ``model``, ``dataset`` that clash with each other and with the installed open_clip).
+Run-time patches (recorded in each fixture's metadata): AdaCLIP's ``PromptLayer.forward_text`` /
+``forward_visual`` run with ``Tensor.half`` made the identity (its fp16 cast of the prompt tokens);
+APRIL-GAN's ``VisionTransformer.forward`` runs with ``Tensor.to('cuda')`` sent to the CPU. Both run
+on CPU in fp32, where their ``torch.cuda.amp.autocast`` is inactive.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL = "ViT-B-16"
+CLIP_SEED = 0
+ROUNDING = "fp16"  # every CLIP tensor w -> w.half().float()
+IMAGE_SIZE = 240   # not ViT-B-16's native 224: the positional-embedding resize and the GELU rule matter
+LAYERS = (3, 6, 9, 12)
+WIDTH, EMBED_DIM = 768, 512
+IMAGE_SEED = 1
+CLASS_NAMES = {"adaclip": ("metal-nut", "bottle"),  # a hyphen: AdaCLIP reads it as a space
+               "aprilgan": ("metal_nut", "metal_nut")}  # MVTec's folder name; one class keeps the test fast
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, as both official transforms use
+STD = (0.26862954, 0.26130258, 0.27577711)
+ADACLIP = {"prompt_length": 5, "prompt_depth": 4, "hsf_clusters": 20, "sigma": 4.0, "seed": 2, "kmeans_seed": 0}
+APRILGAN = {"seed": 3}
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "golden"
+
+
+# -- what the tests rebuild too (no official code needed) -------------------------------------
+
+def clip_state_dict(model_name: str = MODEL, init_seed: int = CLIP_SEED) -> dict[str, torch.Tensor]:
+    """The shared CLIP weights: clipad's seeded random init, rounded to fp16 precision."""
+    from clipad_lib.backbones import build_clip
+
+    backbone = build_clip(model_name, init_seed=init_seed)
+    return {k: v.detach().half().float().contiguous() for k, v in backbone.model.state_dict().items()}
+
+
+def state_digest(state_dict: dict) -> str:
+    """sha256 over the sorted keys, shapes and float32 bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key].detach().to(torch.float32).contiguous()
+        digest.update(key.encode() + str(tuple(value.shape)).encode() + value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def official_layout(method: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(key, shape, kind) of the official checkpoint's tensors, in drawing order."""
+    if method == "adaclip":
+        length, depth = ADACLIP["prompt_length"], ADACLIP["prompt_depth"]
+        rows = [(f"clip_model.text_prompter.static_prompts.{i}", (length, EMBED_DIM), "prompt") for i in range(depth)]
+        rows += [(f"clip_model.visual_prompter.static_prompts.{i}", (length, WIDTH), "prompt") for i in range(depth)]
+        linears = [(f"clip_model.patch_token_layer.head.{i}", WIDTH, EMBED_DIM) for i in range(len(LAYERS))]
+        linears += [("clip_model.cls_token_layer.head.0", EMBED_DIM, EMBED_DIM)]
+        linears += [(f"clip_model.dynamic_visual_prompt_generator.head.{i}", EMBED_DIM, WIDTH) for i in range(length)]
+        linears += [(f"clip_model.dynamic_text_prompt_generator.head.{i}", EMBED_DIM, EMBED_DIM) for i in range(length)]
+    elif method == "aprilgan":
+        rows = []
+        linears = [(f"fc.{i}", WIDTH, EMBED_DIM) for i in range(len(LAYERS))]
+    else:
+        raise ValueError(method)
+    for name, fan_in, fan_out in linears:
+        rows += [(f"{name}.weight", (fan_out, fan_in), "weight"), (f"{name}.bias", (fan_out,), "bias")]
+    return rows
+
+
+def official_checkpoint(method: str, seed: int) -> dict:
+    """Seeded random learnable tensors in the official checkpoint format (prompts N(0, 0.02²) as the
+    official init; linear weights N(0, 1/fan_in); biases N(0, 0.02²))."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, shape, kind in official_layout(method):
+        scale = shape[1] ** -0.5 if kind == "weight" else 0.02
+        tensors[key] = torch.randn(shape, generator=generator) * scale
+    return {"trainable_linearlayer": tensors} if method == "aprilgan" else tensors
+
+
+def images_uint8(seed: int = IMAGE_SEED, size: int = IMAGE_SIZE, block: int = 8) -> np.ndarray:
+    """[2, S, S, 3] uint8: random colours in blocks of ``block`` pixels (seeded; half a ViT-B-16 patch,
+    so every patch differs and the fixture compresses)."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, (2, size // block, size // block, 3), dtype=np.uint8)
+    return np.ascontiguousarray(cells.repeat(block, axis=1).repeat(block, axis=2))
+
+
+def normalize_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] with OpenAI's mean and std."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    return ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]).contiguous()
+
+
+# -- workers: one official code base each, in a subprocess ------------------------------------
+
+class _Patched:
+    """Temporarily set ``owner.name = value``."""
+
+    def __init__(self, owner, name, value):
+        self.owner, self.name, self.value = owner, name, value
+
+    def __enter__(self):
+        self.saved = getattr(self.owner, self.name)
+        setattr(self.owner, self.name, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.owner, self.name, self.saved)
+
+
+def _wrap(owner, name, context):
+    """Replace method ``owner.name`` by one running the original inside ``context()``."""
+    original = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        with context():
+            return original(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+def _adaclip_worker(repo: Path, work: Path) -> None:
+    sys.path.insert(0, str(repo))
+    import method.custom_clip as custom_clip
+    import method.adaclip as official
+    from method import AdaCLIP_Trainer
+    from scipy.ndimage import gaussian_filter
+
+    weights = str(work / "clip.pt")
+    custom_clip.download_pretrained = lambda cfg, *a, **k: weights  # no download: the shared weights
+    for name in ("forward_text", "forward_visual"):  # neutralise the fp16 cast of the prompt tokens
+        _wrap(official.PromptLayer, name, lambda: _Patched(torch.Tensor, "half", lambda self: self))
+
+    record: dict[str, list] = {"text": [], "image_embedding": [], "layer_logits": [], "hsf": [], "labels": []}
+    similarity = official.AdaCLIP.visual_text_similarity
+
+    def visual_text_similarity(self, image_feature, patch_token, text_feature, aggregation):
+        record["text"].append(text_feature.detach().clone())
+        record["image_embedding"].append(image_feature.detach().clone())
+        return similarity(self, image_feature, patch_token, text_feature, aggregation)
+
+    official.AdaCLIP.visual_text_similarity = visual_text_similarity
+    hsf_forward = official.HybridSemanticFusion.forward
+
+    def hsf(self, patch_tokens, anomaly_maps):
+        record["layer_logits"].append([m.detach().clone() for m in anomaly_maps])
+        fit_predict = self.cluster_performer.fit_predict
+
+        def labelled(data):
+            labels = fit_predict(data)
+            record["labels"].append(np.asarray(labels))
+            return labels
+
+        with _Patched(self.cluster_performer, "fit_predict", labelled):
+            out = hsf_forward(self, patch_tokens, anomaly_maps)
+        record["hsf"].append(out.detach().clone())
+        return out
+
+    official.HybridSemanticFusion.forward = hsf
+
+    trainer = AdaCLIP_Trainer(backbone=MODEL, feat_list=list(LAYERS), input_dim=WIDTH, output_dim=EMBED_DIM,
+                              learning_rate=0.0, device="cpu", image_size=IMAGE_SIZE,
+                              prompting_depth=ADACLIP["prompt_depth"], prompting_length=ADACLIP["prompt_length"],
+                              prompting_branch="VL", prompting_type="SD", use_hsf=True,
+                              k_clusters=ADACLIP["hsf_clusters"])
+    checkpoint = work / "adaclip_official.pth"
+    trainer.load(str(checkpoint))  # the official load (strict=False): check every tensor arrived
+    state, expected = trainer.state_dict(), torch.load(checkpoint)
+    learnable = {k for k in state if any(n in k for n in trainer.learnable_paramter_list)}
+    assert learnable == set(expected), sorted(learnable ^ set(expected))
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    clip_state = torch.load(work / "clip.pt")
+    frozen = {k[len("clip_model.freeze_clip."):]: v for k, v in state.items() if k.startswith("clip_model.freeze_clip.")}
+    resized = [k for k in clip_state if k in frozen and not torch.equal(frozen[k].float(), clip_state[k])]
+    assert resized == ["visual.positional_embedding"], resized
+
+    images = torch.load(work / "images.pt")
+    maps, scores = [], []
+    trainer.clip_model.eval()
+    with torch.no_grad():
+        for i, name in enumerate(CLASS_NAMES["adaclip"]):  # the official code runs batch size 1 (dynamic text prompts)
+            np.random.seed(ADACLIP["kmeans_seed"] + i)  # its KMeans has no random_state: fix numpy's
+            anomaly_map, score = trainer.clip_model(images[i:i + 1], [name], aggregation=True)
+            maps.append(anomaly_map[0].float().numpy())
+            scores.append(float(score[0]))
+    raw = np.stack(maps)
+    smoothed = np.stack([gaussian_filter(m, sigma=ADACLIP["sigma"]) for m in raw])  # as its test/trainer code
+    out = {
+        "text": torch.cat(record["text"]).transpose(1, 2).numpy(),  # [B, 2, D] (normal, abnormal)
+        "image_embedding": torch.cat(record["image_embedding"]).numpy(),
+        "hsf_embedding": torch.cat(record["hsf"]).numpy(),
+        "hsf_labels": np.stack(record["labels"]).astype(np.int64),
+        "image_score": np.array(scores, dtype=np.float32),
+        "map_raw": raw.astype(np.float32),
+        "map_smoothed": smoothed.astype(np.float32),
+        "positional_embedding": frozen["visual.positional_embedding"].float().numpy(),
+    }
+    for j in range(len(LAYERS)):
+        out[f"layer_logits_{j}"] = torch.cat([r[j] for r in record["layer_logits"]]).numpy()
+    np.savez(work / "adaclip_out.npz", **out)
+
+
+def _aprilgan_worker(repo: Path, work: Path) -> None:
+    sys.path.insert(0, str(repo))
+    import open_clip  # the vendored one
+    assert Path(open_clip.__file__).resolve().is_relative_to(repo.resolve()), open_clip.__file__
+    import open_clip.openai as openai_loader
+    import open_clip.transformer as transformer
+    import torch.nn.functional as F
+    from model import LinearLayer
+    from prompt_ensemble import encode_text_with_prompt_ensemble
+
+    weights = str(work / "clip.pt")
+    openai_loader.download_pretrained_from_url = lambda url, *a, **k: weights
+    to = torch.Tensor.to
+
+    def cpu_to(self, *args, **kwargs):  # its VisionTransformer.forward sends a tensor to 'cuda' unconditionally
+        args = tuple("cpu" if a == "cuda" else a for a in args)
+        return to(self, *args, **kwargs)
+
+    _wrap(transformer.VisionTransformer, "forward", lambda: _Patched(torch.Tensor, "to", cpu_to))
+
+    model, _, _ = open_clip.create_model_and_transforms(MODEL, IMAGE_SIZE, pretrained="openai")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    linear = LinearLayer(WIDTH, EMBED_DIM, len(LAYERS), MODEL)
+    linear.load_state_dict(torch.load(work / "aprilgan_official.pth")["trainable_linearlayer"])  # strict
+    gelu = {type(m).__name__ for m in model.visual.modules() if "GELU" in type(m).__name__}
+    images = torch.load(work / "images.pt")
+    texts, scores, maps, logits = [], [], [], [[] for _ in LAYERS]
+    with torch.no_grad():
+        prompts = encode_text_with_prompt_ensemble(model, sorted(set(CLASS_NAMES["aprilgan"])), tokenizer, "cpu")
+        # The per-image inference of its test.py (zero-shot), restated: its loop needs a dataset on disk.
+        for i, name in enumerate(CLASS_NAMES["aprilgan"]):
+            image_features, patch_tokens = model.encode_image(images[i:i + 1], list(LAYERS))
+            image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+            text = prompts[name][None]  # [1, D, 2]
+            texts.append(text.transpose(1, 2))
+            scores.append(float((100.0 * image_features @ text[0]).softmax(dim=-1)[0, 1]))
+            layer_maps = []
+            for j, tokens in enumerate(linear(patch_tokens)):
+                tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+                layer_logits = 100.0 * tokens @ text
+                logits[j].append(layer_logits)
+                b, n, c = layer_logits.shape
+                h = int(np.sqrt(n))
+                up = F.interpolate(layer_logits.permute(0, 2, 1).view(b, c, h, h), size=IMAGE_SIZE,
+                                   mode="bilinear", align_corners=True)
+                layer_maps.append(torch.softmax(up, dim=1)[:, 1].numpy())
+            maps.append(np.sum(layer_maps, axis=0)[0])
+    out = {"text": torch.cat(texts).numpy(), "image_score": np.array(scores, dtype=np.float32),
+           "map": np.stack(maps).astype(np.float32), "gelu": np.array(sorted(gelu)),
+           "positional_embedding": model.visual.positional_embedding.detach().float().numpy()}
+    for j in range(len(LAYERS)):
+        out[f"layer_logits_{j}"] = torch.cat(logits[j]).numpy()
+    np.savez(work / "aprilgan_out.npz", **out)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def _commit(repo: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adaclip", type=Path, help="checkout of github.com/caoyunkang/AdaCLIP")
+    parser.add_argument("--aprilgan", type=Path, help="checkout of github.com/ByChelsea/VAND-APRIL-GAN")
+    parser.add_argument("--adaclip-commit", help="commit id of the AdaCLIP checkout (default: git rev-parse)")
+    parser.add_argument("--aprilgan-commit", help="commit id of the APRIL-GAN checkout (default: git rev-parse)")
+    parser.add_argument("--out", type=Path, default=FIXTURES)
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        repo = args.adaclip if args.worker == "adaclip" else args.aprilgan
+        os.chdir(repo)
+        (_adaclip_worker if args.worker == "adaclip" else _aprilgan_worker)(repo.resolve(), args.work)
+        return
+    if not (args.adaclip or args.aprilgan):
+        parser.error("give --adaclip and/or --aprilgan")
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
+        work = Path(tmp)
+        clip = clip_state_dict()
+        torch.save(clip, work / "clip.pt")
+        images = images_uint8()
+        torch.save(normalize_images(images), work / "images.pt")
+        common = {"model": MODEL, "init_seed": CLIP_SEED, "rounding": ROUNDING, "clip_sha256": state_digest(clip),
+                  "image_size": IMAGE_SIZE, "layers": list(LAYERS),
+                  "image_seed": IMAGE_SEED, "mean": list(MEAN), "std": list(STD), "command": command,
+                  "torch": torch.__version__, "numpy": np.__version__}
+        for method, repo in (("adaclip", args.adaclip), ("aprilgan", args.aprilgan)):
+            if repo is None:
+                continue
+            settings = ADACLIP if method == "adaclip" else APRILGAN
+            checkpoint = official_checkpoint(method, settings["seed"])
+            torch.save(checkpoint, work / f"{method}_official.pth")
+            flat = checkpoint.get("trainable_linearlayer", checkpoint)
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", method,
+                            f"--{method}", str(repo.resolve()), "--work", str(work)], check=True)
+            result = dict(np.load(work / f"{method}_out.npz"))
+            commit = getattr(args, f"{method}_commit") or _commit(repo)
+            meta = {**common, "method": method, "class_names": list(CLASS_NAMES[method]), "official_commit": commit,
+                    "checkpoint_seed": settings["seed"], "checkpoint_sha256": state_digest(flat), **settings}
+            if method == "adaclip":
+                import scipy
+                import sklearn
+                meta.update(patches=["PromptLayer.forward_text/forward_visual: Tensor.half -> identity (its fp16 "
+                                     "cast of the prompt tokens neutralised)"],
+                            precision="fp32 on CPU (its torch.cuda.amp.autocast inactive)",
+                            kmeans="official sklearn KMeans(n_clusters=20, n_init='auto'), np.random.seed(kmeans_seed + i)"
+                                   " before image i; labels stored as hsf_labels",
+                            smoothing="scipy.ndimage.gaussian_filter(sigma=4) per map, as its test code",
+                            scipy=scipy.__version__, sklearn=sklearn.__version__)
+            else:
+                meta.update(patches=["VisionTransformer.forward: Tensor.to('cuda') -> 'cpu'"],
+                            precision="fp32 on CPU (its torch.cuda.amp.autocast inactive)",
+                            inference="zero-shot per-image loop of its test.py, restated in this script",
+                            gelu=result.pop("gelu").tolist(), smoothing="none (its test.py does not smooth)")
+            result.pop("gelu", None)
+            result["images"] = images
+            np.savez_compressed(args.out / f"{method}.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **result)
+            print(f"wrote {args.out / f'{method}.npz'} ({(args.out / f'{method}.npz').stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
