@@ -4,6 +4,11 @@ Never run by CI. Needs local checkouts of the two official repositories (their c
 at run time from there, never copied here):
 
     python scripts/make_golden_fixtures.py --adaclip /path/to/AdaCLIP --aprilgan /path/to/VAND-APRIL-GAN
+    python scripts/make_golden_fixtures.py --anomalib-python /path/to/anomalib-venv/bin/python
+
+(any subset of the three). WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
+separate virtual environment holding anomalib and an open_clip older than 2.26.1 (under open_clip 3.x
+its window embeddings are wrong); that worker imports neither clipad_lib nor this venv's open_clip.
 
 Both run on shared seeded random weights:
 
@@ -21,6 +26,12 @@ Run-time patches (recorded in each fixture's metadata): AdaCLIP's ``PromptLayer.
 ``forward_visual`` run with ``Tensor.half`` made the identity (its fp16 cast of the prompt tokens);
 APRIL-GAN's ``VisionTransformer.forward`` runs with ``Tensor.to('cuda')`` sent to the CPU. Both run
 on CPU in fp32, where their ``torch.cuda.amp.autocast`` is inactive.
+
+WinCLIP (anomalib): ``open_clip.create_model_and_transforms`` is wrapped to build the architecture
+without weights and load the shared ``build_clip(WINCLIP_MODEL, init_seed=CLIP_SEED)`` state dict
+(fp16-rounded like the others) strictly; images go in already normalized (``apply_transform=False``,
+anomalib's default). Large stages are stored on a fixed subset (``WINCLIP['stride']``) to keep the
+fixture small; the window scores and patch-grid maps are stored whole.
 """
 from __future__ import annotations
 
@@ -50,6 +61,10 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, as both official transfo
 STD = (0.26862954, 0.26130258, 0.27577711)
 ADACLIP = {"prompt_length": 5, "prompt_depth": 4, "hsf_clusters": 20, "sigma": 4.0, "seed": 2, "kmeans_seed": 0}
 APRILGAN = {"seed": 3}
+WINCLIP_MODEL = "ViT-B-16-plus-240"  # anomalib's BACKBONE (its pretrained tag laion400m_e31 is replaced)
+WINCLIP = {"image_size": 240, "class_name": "bottle", "scales": [2, 3], "reference_seed": 4, "k_shot": 1,
+           "stride": 5,        # every 5th window / patch of the embedding stages is stored
+           "pixel_stride": 3}  # rows and columns 0, 3, ..., 237 and 239 of the maps (all 16 bilinear phases)
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 
@@ -115,6 +130,16 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] with OpenAI's mean and std."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     return ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]).contiguous()
+
+
+def winclip_pixels(size: int = WINCLIP["image_size"], stride: int = WINCLIP["pixel_stride"]) -> np.ndarray:
+    """The map rows and columns the WinCLIP fixture stores."""
+    return np.unique(np.r_[np.arange(0, size, stride), size - 1])
+
+
+def winclip_subset(count: int, stride: int = WINCLIP["stride"]) -> np.ndarray:
+    """The windows / patches the WinCLIP fixture stores embeddings of (the last one included)."""
+    return np.unique(np.r_[np.arange(0, count, stride), count - 1])
 
 
 # -- workers: one official code base each, in a subprocess ------------------------------------
@@ -281,6 +306,70 @@ def _aprilgan_worker(repo: Path, work: Path) -> None:
     np.savez(work / "aprilgan_out.npz", **out)
 
 
+def _winclip_worker(work: Path) -> None:
+    """Runs under the anomalib venv's Python: imports anomalib and its open_clip, never clipad_lib."""
+    from importlib import metadata
+
+    import open_clip
+    import torch.nn.functional as F
+    from anomalib.models.image.winclip import torch_model
+    from anomalib.models.image.winclip.utils import class_scores, harmonic_aggregation
+
+    create = open_clip.create_model_and_transforms
+    loaded = {}
+
+    def shared_weights(model_name, pretrained=None, *args, **kwargs):
+        assert (model_name, pretrained) == (WINCLIP_MODEL, "laion400m_e31"), (model_name, pretrained)
+        model, train_transform, transform = create(model_name, *args, pretrained=None, **kwargs)
+        state = torch.load(work / "winclip_clip.pt")
+        loaded["result"] = str(model.load_state_dict(state, strict=True))  # every key, every shape
+        return model, train_transform, transform
+
+    open_clip.create_model_and_transforms = shared_weights
+    assert torch_model.open_clip is open_clip
+    images, references = torch.load(work / "winclip_images.pt"), torch.load(work / "winclip_references.pt")
+    model = torch_model.WinClipModel(class_name=WINCLIP["class_name"], scales=tuple(WINCLIP["scales"]))
+    model.eval()
+    assert "result" in loaded and not model.apply_transform and tuple(model.grid_size) == (15, 15)
+    rows = torch.as_tensor(winclip_pixels())
+    pixels = lambda maps: maps[:, rows][:, :, rows]  # noqa: E731
+    out = {"text_raw": model.text_embeddings.numpy()}  # [2, D] raw means (normal, anomalous)
+    with torch.no_grad():
+        image_embedding, window_embeddings, patch_embeddings = model.encode_image(images)
+        out["image_embedding"] = image_embedding.numpy()
+        out["patch_embeddings"] = patch_embeddings[:, winclip_subset(patch_embeddings.shape[1])].numpy()
+        image_scores = class_scores(image_embedding, model.text_embeddings, model.temperature, target_class=1)
+        out["zero_shot_image_score"] = image_scores.numpy()
+        for scale, embedding, masks in zip(WINCLIP["scales"], window_embeddings, model.masks):
+            out[f"window_embeddings_{scale}"] = embedding[:, winclip_subset(embedding.shape[1])].numpy()
+            scores = class_scores(embedding, model.text_embeddings, model.temperature, target_class=1)
+            out[f"window_scores_{scale}"] = scores.numpy()
+            out[f"scale_map_{scale}"] = harmonic_aggregation(scores, model.grid_size, masks).numpy()
+        out["zero_shot_score_map"] = model._compute_zero_shot_scores(image_scores, window_embeddings).numpy()
+        zero_shot = model(images)
+        out["zero_shot_map"] = pixels(zero_shot.anomaly_map).numpy()
+        out["zero_shot_score"] = zero_shot.pred_score.numpy()
+
+        model.setup(reference_images=references)  # WinCLIP+: k-shot
+        assert model.k_shot == WINCLIP["k_shot"]
+        out["few_shot_map_grid"] = model._compute_few_shot_scores(patch_embeddings, window_embeddings).numpy()
+        few_shot = model(images)
+        out["few_shot_map"] = pixels(few_shot.anomaly_map).numpy()
+        out["few_shot_score"] = few_shot.pred_score.numpy()
+        # the map before upsampling, restated from forward(): (zero-shot + few-shot) / 2
+        out["few_shot_score_map"] = ((torch.from_numpy(out["zero_shot_score_map"])
+                                      + torch.from_numpy(out["few_shot_map_grid"])) / 2).numpy()
+        # forward's interpolation (mode='bilinear', align_corners unset = False), checked once here
+        grid = torch.from_numpy(out["zero_shot_score_map"])[:, None]
+        assert torch.equal(F.interpolate(grid, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0],
+                           zero_shot.anomaly_map)
+    np.savez(work / "winclip_out.npz", **out)
+    versions = {"anomalib": metadata.version("anomalib"), "open_clip_torch": metadata.version("open_clip_torch"),
+                "torch_in_anomalib_venv": torch.__version__, "python_in_anomalib_venv": sys.version.split()[0],
+                "load_state_dict": loaded["result"], "anomalib_python": sys.executable}
+    (work / "winclip_versions.json").write_text(json.dumps(versions))
+
+
 # -- main -------------------------------------------------------------------------------------
 
 def _commit(repo: Path) -> str:
@@ -291,27 +380,67 @@ def _commit(repo: Path) -> str:
         return "unknown"
 
 
+def _winclip(python: Path, work: Path, out: Path, command: str) -> None:
+    """anomalib's WinCLIP, run by ``python`` (the anomalib venv) on the shared weights -> winclip.npz."""
+    clip = clip_state_dict(WINCLIP_MODEL, CLIP_SEED)
+    torch.save(clip, work / "winclip_clip.pt")
+    size = WINCLIP["image_size"]
+    images = images_uint8(IMAGE_SEED, size)
+    references = images_uint8(WINCLIP["reference_seed"], size)[:WINCLIP["k_shot"]]
+    torch.save(normalize_images(images), work / "winclip_images.pt")
+    torch.save(normalize_images(references), work / "winclip_references.pt")
+    subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", "winclip", "--work", str(work)],
+                   check=True)
+    result = dict(np.load(work / "winclip_out.npz"))
+    versions = json.loads((work / "winclip_versions.json").read_text())
+    meta = {"method": "winclip", "model": WINCLIP_MODEL, "init_seed": CLIP_SEED, "rounding": ROUNDING,
+            "clip_sha256": state_digest(clip), "image_seed": IMAGE_SEED, "mean": list(MEAN), "std": list(STD),
+            "command": command, "torch": torch.__version__, "numpy": np.__version__, **WINCLIP, **versions,
+            "official": "anomalib.models.image.winclip.torch_model.WinClipModel",
+            "patches": ["open_clip.create_model_and_transforms: pretrained='laion400m_e31' -> None, then "
+                        "load_state_dict(shared weights, strict=True)"],
+            "inputs": "images normalized here with OpenAI's mean/std (apply_transform=False: anomalib's "
+                      "transform bypassed)",
+            "precision": "fp32 on CPU",
+            "stored": "text_raw: anomalib's raw (unnormalized) prompt means; patch_embeddings: ln_post output, "
+                      "not projected (open_clip<2.26.1 output_tokens); window/patch embeddings at "
+                      "winclip_subset(count), maps at winclip_pixels() rows and columns; few_shot_score_map "
+                      "restated as (zero-shot + few-shot grid) / 2 as in forward()"}
+    result["images"], result["references"] = images, references
+    np.savez_compressed(out / "winclip.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **result)
+    print(f"wrote {out / 'winclip.npz'} ({(out / 'winclip.npz').stat().st_size} bytes)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adaclip", type=Path, help="checkout of github.com/caoyunkang/AdaCLIP")
     parser.add_argument("--aprilgan", type=Path, help="checkout of github.com/ByChelsea/VAND-APRIL-GAN")
     parser.add_argument("--adaclip-commit", help="commit id of the AdaCLIP checkout (default: git rev-parse)")
     parser.add_argument("--aprilgan-commit", help="commit id of the APRIL-GAN checkout (default: git rev-parse)")
+    parser.add_argument("--anomalib-python", type=Path,
+                        help="Python of a venv with anomalib and open_clip_torch<2.26.1 (writes winclip.npz)")
     parser.add_argument("--out", type=Path, default=FIXTURES)
-    parser.add_argument("--worker", choices=("adaclip", "aprilgan"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip"), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker == "winclip":
+        _winclip_worker(args.work)
+        return
     if args.worker:
         repo = args.adaclip if args.worker == "adaclip" else args.aprilgan
         os.chdir(repo)
         (_adaclip_worker if args.worker == "adaclip" else _aprilgan_worker)(repo.resolve(), args.work)
         return
-    if not (args.adaclip or args.aprilgan):
-        parser.error("give --adaclip and/or --aprilgan")
+    if not (args.adaclip or args.aprilgan or args.anomalib_python):
+        parser.error("give --adaclip, --aprilgan and/or --anomalib-python")
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         work = Path(tmp)
+        if args.anomalib_python:
+            _winclip(args.anomalib_python, work, args.out, command)
+        if not (args.adaclip or args.aprilgan):
+            return
         clip = clip_state_dict()
         torch.save(clip, work / "clip.pt")
         images = images_uint8()

@@ -1,4 +1,5 @@
-"""Golden tests: clipad's AdaCLIP and APRIL-GAN against outputs of the OFFICIAL code.
+"""Golden tests: clipad's AdaCLIP and APRIL-GAN against outputs of the OFFICIAL code, and clipad's
+WinCLIP (text_ensemble='anomalib') against anomalib's WinClipModel.
 
 The fixtures in tests/golden/ were written by scripts/make_golden_fixtures.py, which ran the
 authors' code (commit ids in each fixture's metadata) on shared seeded random weights: clipad's
@@ -270,3 +271,181 @@ def test_aprilgan_departures_are_caught(golden, weights_file, tmp_path):
         with pytest.raises(StageMismatch) as caught:
             compare(stages[:2])
         assert caught.value.stage == stage, overrides
+
+
+# -- WinCLIP (reference: anomalib's WinClipModel) ---------------------------------------------
+#
+# tests/golden/winclip.npz was written by anomalib's WinClipModel (version in its metadata) under an
+# open_clip older than 2.26.1, on build_clip("ViT-B-16-plus-240", init_seed=0) rounded to fp16. Its
+# embedding stages hold a fixed subset of windows / patches (fixtures.winclip_subset) and its
+# full-size maps a fixed set of rows and columns (fixtures.winclip_pixels); the window scores and the
+# 15x15 patch-grid maps are whole. anomalib's patch embeddings are ln_post outputs, not projected:
+# the same quantity as the patch tokens of WinCLIPDetector.encode.
+
+@pytest.fixture(scope="module")
+def winclip_golden():
+    return _fixture("winclip")
+
+
+@pytest.fixture(scope="module")
+def winclip_detector(winclip_golden, tmp_path_factory):
+    """clipad's WinCLIP (text_ensemble='anomalib') on the rebuilt shared weights, loaded from a file.
+
+    To keep the module fast on a few CPU cores, its backbone's ``encode_text`` is memoized per
+    sentence (the two ensembles share 220 of their sentences; each sentence is encoded once, by the
+    backbone's own ``encode_text``), and ``shared`` carries the test images' ``encode`` outputs
+    between the tests (``encode`` does not depend on the text ensemble)."""
+    from clipad_lib.methods.winclip import WinCLIPConfig, WinCLIPDetector
+
+    meta, data = winclip_golden
+    assert meta["rounding"] == "fp16"
+    state = fixtures.clip_state_dict(meta["model"], meta["init_seed"])
+    if fixtures.state_digest(state) != meta["clip_sha256"]:
+        raise StageMismatch("shared_weights", "first differing stage: 'shared_weights': build_clip("
+                            f"{meta['model']!r}, init_seed={meta['init_seed']}) rounded to fp16 is not the "
+                            "fixture's CLIP (open_clip's random init changed?)")
+    path = tmp_path_factory.mktemp("winclip") / "clip.pt"
+    torch.save(state, path)
+    del state
+    config = WinCLIPConfig(backbone=meta["model"], pretrained=str(path), image_size=meta["image_size"],
+                           scales=tuple(meta["scales"]), text_ensemble="anomalib")
+    detector = WinCLIPDetector(config)
+    backbone, memo = detector.backbone, {}
+    encode_text = backbone.encode_text
+
+    def memoized(prompts, normalize=True):
+        missing = list(dict.fromkeys(p for p in prompts if p not in memo))
+        if missing:
+            memo.update(zip(missing, encode_text(missing, normalize=False)))
+        out = torch.stack([memo[p] for p in prompts])
+        return F.normalize(out, dim=-1) if normalize else out
+
+    backbone.encode_text = memoized
+    detector.shared = {"images": _images(meta, data)}
+    return detector
+
+
+def _winclip(base, **overrides):
+    """A fresh WinCLIPDetector (no references) sharing ``base``'s backbone and ``shared``."""
+    from dataclasses import replace
+
+    from clipad_lib.methods.winclip import WinCLIPDetector
+
+    detector = WinCLIPDetector(replace(base.config, **overrides), backbone=base.backbone)
+    detector.shared = base.shared
+    return detector
+
+
+def _grid_and_prediction(detector, images, names, encoded):
+    """predict(), and the patch-grid score map it upsamples (captured at its F.interpolate call);
+    its ``encode(images)`` answers ``encoded`` (the stages checked it already)."""
+    captured = []
+    interpolate, encode = F.interpolate, detector.encode
+
+    def capture(grid, *args, **kwargs):
+        assert kwargs == {"size": images.shape[-2:], "mode": "bilinear", "align_corners": False}, kwargs
+        captured.append(grid[:, 0].clone())
+        return interpolate(grid, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(F, "interpolate", capture)
+        patch.setattr(detector, "encode", lambda x: encoded if x is images else encode(x))
+        prediction = detector.predict(images, names)
+    assert len(captured) == 1
+    return captured[0], prediction
+
+
+def winclip_stages(detector, meta, data, few_shot: bool = False):
+    """WinCLIP's stages in pipeline order; with ``few_shot`` the WinCLIP+ stages after ``fit`` on the
+    fixture's references (``detector`` must come without references; the zero-shot stages run first)."""
+    from clipad_lib.methods import FitData
+    from clipad_lib.methods.text_prompts import frozen_text_embeddings
+    from clipad_lib.methods.winclip import TEXT_ENSEMBLES, harmonic_aggregation
+
+    shared, name = detector.shared, meta["class_name"]
+    images = shared["images"]
+    names = [name] * len(images)
+    patches = fixtures.winclip_subset(detector.grid ** 2)
+    rows = torch.as_tensor(fixtures.winclip_pixels(meta["image_size"], meta["pixel_stride"]))
+    cache: dict = {}
+
+    def encoded():
+        if "encoded" not in shared:
+            shared["encoded"] = detector.encode(images)
+        return shared["encoded"]
+
+    def text():
+        if "text" not in cache:
+            ensemble = TEXT_ENSEMBLES[detector.config.text_ensemble]
+            cache["text"] = frozen_text_embeddings(detector.backbone, ensemble, name)[None].expand(len(images), -1, -1)
+        return cache["text"]
+
+    def window_scores(j):
+        with torch.no_grad():
+            return detector._abnormal_probability(encoded()[2][j], text())
+
+    def zero_shot():
+        if "zero_shot" not in cache:
+            assert detector.reference is None
+            cache["zero_shot"] = _grid_and_prediction(detector, images, names, encoded())
+        return cache["zero_shot"]
+
+    def few():
+        if "few_shot" not in cache:
+            zero_shot()
+            detector.fit(FitData(reference_images=fixtures.normalize_images(data["references"])))
+            cache["few_shot"] = _grid_and_prediction(detector, images, names, encoded())
+        return cache["few_shot"]
+
+    def window(j):
+        return lambda: encoded()[2][j][:, fixtures.winclip_subset(encoded()[2][j].shape[1])]
+
+    stages = [
+        ("text_embeddings", lambda: text()[0], F.normalize(torch.from_numpy(data["text_raw"]), dim=-1)),
+        ("image_embedding", lambda: encoded()[0], data["image_embedding"]),
+        ("patch_embeddings", lambda: encoded()[1][:, patches], data["patch_embeddings"]),  # ln_post, unprojected
+        *[(f"window_embeddings[{scale}]", window(j), data[f"window_embeddings_{scale}"])
+          for j, scale in enumerate(meta["scales"])],
+        ("zero_shot_image_score", lambda: detector._abnormal_probability(encoded()[0], text()),
+         data["zero_shot_image_score"]),
+        *[(f"window_scores[{scale}]", (lambda j=j: window_scores(j)), data[f"window_scores_{scale}"])
+          for j, scale in enumerate(meta["scales"])],
+        *[(f"scale_map[{scale}]", (lambda j=j: harmonic_aggregation(window_scores(j), detector.windows[j],
+                                                                     detector.grid)), data[f"scale_map_{scale}"])
+          for j, scale in enumerate(meta["scales"])],
+        ("zero_shot_score_map", lambda: zero_shot()[0], data["zero_shot_score_map"]),
+        ("zero_shot_anomaly_map", lambda: zero_shot()[1].anomaly_maps[:, rows][:, :, rows], data["zero_shot_map"]),
+        ("zero_shot_image_score_predicted", lambda: zero_shot()[1].image_scores, data["zero_shot_score"]),
+    ]
+    if few_shot:
+        stages += [
+            ("few_shot_score_map", lambda: few()[0], data["few_shot_score_map"]),
+            # the few-shot part alone: 2 x (zero-shot + few-shot) / 2 - zero-shot
+            ("few_shot_association_map", lambda: 2 * few()[0] - zero_shot()[0], data["few_shot_map_grid"]),
+            ("few_shot_anomaly_map", lambda: few()[1].anomaly_maps[:, rows][:, :, rows], data["few_shot_map"]),
+            ("few_shot_image_score", lambda: few()[1].image_scores, data["few_shot_score"]),
+        ]
+    return stages
+
+
+def test_winclip_matches_anomalib(winclip_golden, winclip_detector):
+    """Zero-shot stages, then WinCLIP+ (k-shot references) on a fresh detector."""
+    meta, data = winclip_golden
+    assert meta["load_state_dict"] == "<All keys matched successfully>"  # strict load under anomalib's open_clip
+    assert winclip_detector.config.text_ensemble == "anomalib"
+    assert len(data["references"]) == meta["k_shot"]
+    compare(winclip_stages(_winclip(winclip_detector), meta, data, few_shot=True))
+
+
+def test_winclip_paper_ensemble_departs_from_anomalib(winclip_golden, winclip_detector):
+    """The default text_ensemble='paper' (22 templates, sentences normalized before the mean) is not
+    anomalib's: the comparison stops at the text stage, and the final map differs too."""
+    meta, data = winclip_golden
+    stages = winclip_stages(_winclip(winclip_detector, text_ensemble="paper"), meta, data)
+    with pytest.raises(StageMismatch) as caught:
+        compare(stages)
+    assert caught.value.stage == "text_embeddings"
+    final = [stage for stage in stages if stage[0] == "zero_shot_anomaly_map"]
+    with pytest.raises(StageMismatch) as caught:
+        compare(final)
+    assert caught.value.stage == "zero_shot_anomaly_map"
