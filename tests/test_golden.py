@@ -14,6 +14,7 @@ check that the comparison catches it at the right stage.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -83,14 +84,19 @@ def weights_file(golden, tmp_path_factory) -> Path:
     for other, _ in golden.values():
         assert (other["model"], other["init_seed"], other["clip_sha256"]) == \
                (meta["model"], meta["init_seed"], meta["clip_sha256"]), "the fixtures disagree on the CLIP weights"
+    return _rebuilt_clip(meta, tmp_path_factory.mktemp("golden"))
+
+
+def _rebuilt_clip(meta: dict, folder: Path) -> Path:
+    """``build_clip(meta model, init_seed)`` rounded to fp16 as the script made it, checked against
+    the fixture's digest and saved to ``folder/clip.pt``."""
     assert meta["rounding"] == "fp16"
     state = fixtures.clip_state_dict(meta["model"], meta["init_seed"])
-    digest = fixtures.state_digest(state)
-    if digest != meta["clip_sha256"]:
+    if fixtures.state_digest(state) != meta["clip_sha256"]:
         raise StageMismatch("shared_weights", "first differing stage: 'shared_weights': build_clip("
                             f"{meta['model']!r}, init_seed={meta['init_seed']}) rounded to fp16 is not the "
-                            "fixtures' CLIP (open_clip's random init changed?)")
-    path = tmp_path_factory.mktemp("golden") / "clip.pt"
+                            "fixture's CLIP (open_clip's random init changed?)")
+    path = folder / "clip.pt"
     torch.save(state, path)
     return path
 
@@ -141,6 +147,15 @@ def official_labels(golden, monkeypatch):
     monkeypatch.setattr(adaclip, "sklearn_kmeans_labels", given)
 
 
+def _backbone_stages(detector, data, official_activations):
+    """The first two stages of every comparison: the resized positional embedding and the activation."""
+    return [
+        ("positional_embedding", lambda: detector.backbone.model.visual.positional_embedding, data["positional_embedding"]),
+        ("activation", lambda: [float(n == "QuickGELU") for n in _gelu(detector.backbone)],
+         [float(n == "QuickGELU") for n in official_activations]),
+    ]
+
+
 def adaclip_stages(detector, meta, data):
     from clipad_lib.methods.adaclip import hybrid_semantic_fusion
     from clipad_lib.methods.base import upsample_patch_logits
@@ -173,14 +188,10 @@ def adaclip_stages(detector, meta, data):
         logits = torch.stack([upsample_patch_logits(l, size) for l in forward()["output"]["layer_logits"]]).mean(0)
         return torch.softmax(logits, dim=1)[:, 1]
 
-    def predicted():
-        if "prediction" not in cache:
-            cache["prediction"] = detector.predict(images, names)
-        return cache["prediction"]
+    predicted = functools.cache(lambda: detector.predict(images, names))
 
     return [
-        ("positional_embedding", lambda: detector.backbone.model.visual.positional_embedding, data["positional_embedding"]),
-        ("activation", lambda: [float(n == "QuickGELU") for n in _gelu(detector.backbone)], [0.0]),  # exact GELU
+        *_backbone_stages(detector, data, ["GELU"]),  # exact GELU
         ("text_embeddings", text, data["text"]),
         ("image_embedding", lambda: forward()["embedding"], data["image_embedding"]),
         *[(f"layer_logits[{layer}]/100", (lambda j=j: forward()["output"]["layer_logits"][j] / 100.0),
@@ -226,30 +237,22 @@ def _aprilgan(meta, weights_file, tmp_path, **overrides):
 
 def aprilgan_stages(detector, meta, data):
     images, names = _images(meta, data), meta["class_names"]
-    cache: dict = {}
 
+    @functools.cache
     def text():
-        if "text" not in cache:
-            with torch.no_grad():
-                cache["text"] = detector._text_embeddings(names)
-        return cache["text"]
+        with torch.no_grad():
+            return detector._text_embeddings(names)
 
+    @functools.cache
     def logits():
-        if "logits" not in cache:
-            with torch.no_grad():
-                tokens, _ = detector.backbone.patch_tokens(images, detector.config.layers)
-                cache["logits"] = detector._layer_logits(tokens, text())
-        return cache["logits"]
+        with torch.no_grad():
+            tokens, _ = detector.backbone.patch_tokens(images, detector.config.layers)
+            return detector._layer_logits(tokens, text())
 
-    def predicted():
-        if "prediction" not in cache:
-            cache["prediction"] = detector.predict(images, names)
-        return cache["prediction"]
+    predicted = functools.cache(lambda: detector.predict(images, names))
 
     return [
-        ("positional_embedding", lambda: detector.backbone.model.visual.positional_embedding, data["positional_embedding"]),
-        ("activation", lambda: [float(n == "QuickGELU") for n in _gelu(detector.backbone)],
-         [float(n == "QuickGELU") for n in meta["gelu"]]),
+        *_backbone_stages(detector, data, meta["gelu"]),
         ("text_embeddings", text, data["text"]),
         *[(f"layer_logits[{layer}]/100", (lambda j=j: logits()[j] / 100.0), data[f"layer_logits_{j}"] / 100.0)
           for j, layer in enumerate(meta["layers"])],
@@ -298,15 +301,7 @@ def winclip_detector(winclip_golden, tmp_path_factory):
     from clipad_lib.methods.winclip import WinCLIPConfig, WinCLIPDetector
 
     meta, data = winclip_golden
-    assert meta["rounding"] == "fp16"
-    state = fixtures.clip_state_dict(meta["model"], meta["init_seed"])
-    if fixtures.state_digest(state) != meta["clip_sha256"]:
-        raise StageMismatch("shared_weights", "first differing stage: 'shared_weights': build_clip("
-                            f"{meta['model']!r}, init_seed={meta['init_seed']}) rounded to fp16 is not the "
-                            "fixture's CLIP (open_clip's random init changed?)")
-    path = tmp_path_factory.mktemp("winclip") / "clip.pt"
-    torch.save(state, path)
-    del state
+    path = _rebuilt_clip(meta, tmp_path_factory.mktemp("winclip"))
     config = WinCLIPConfig(backbone=meta["model"], pretrained=str(path), image_size=meta["image_size"],
                            scales=tuple(meta["scales"]), text_ensemble="anomalib")
     detector = WinCLIPDetector(config)

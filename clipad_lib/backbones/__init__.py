@@ -12,5 +12,5 @@ from .clip import (
     load_clip_checkpoint,
 )
 
-__all__ = ["TINY_MODELS", "Architecture", "architecture", "BackboneError", "CheckpointError", "ClipBackbone", "ClipSpec", "build_clip",
-           "check_state_dict", "load_clip_checkpoint"]
+__all__ = ["TINY_MODELS", "Architecture", "BackboneError", "CheckpointError", "ClipBackbone", "ClipSpec",
+           "architecture", "build_clip", "check_state_dict", "load_clip_checkpoint"]

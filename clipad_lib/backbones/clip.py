@@ -120,19 +120,16 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[s
         )
 
 
-def resize_positional_embedding(state_dict: dict[str, torch.Tensor], model: nn.Module, antialias: bool) -> None:
-    """Interpolate ``state_dict``'s image positional embedding (in place) to ``model``'s patch grid:
-    the class token kept, the grid resized bicubically with ``align_corners=False`` and
-    ``antialias`` as given. open_clip 3.3 antialiases; the official AdaCLIP code does not."""
-    resize_pos_embed(state_dict, model, interpolation="bicubic", antialias=antialias)
-
-
 def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
                          pos_embed_antialias: bool = True) -> None:
     """Load an open_clip state dict into ``model``, positional embeddings resized to its
-    resolution, every tensor checked first (a mismatch names each wrong tensor)."""
+    resolution, every tensor checked first (a mismatch names each wrong tensor).
+
+    The image positional embedding keeps its class token and is resized bicubically with
+    ``align_corners=False``, antialiased or not: open_clip 3.3 antialiases, the official AdaCLIP
+    code does not."""
     state_dict = dict(state_dict)
-    resize_positional_embedding(state_dict, model, pos_embed_antialias)
+    resize_pos_embed(state_dict, model, interpolation="bicubic", antialias=pos_embed_antialias)
     resize_text_pos_embed(state_dict, model)
     check_state_dict(model.state_dict(), state_dict, source)
     model.load_state_dict(state_dict, strict=True)
@@ -227,6 +224,14 @@ class ClipBackbone(nn.Module):
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return pooled, rest
+
+    def protocol(self) -> dict[str, str]:
+        """The backbone's fidelity choices, for run records: activation and positional-embedding
+        resize ("none" when no weights were resized to a non-native resolution)."""
+        resized = self.spec.pretrained is not None and self.spec.image_size not in (None, self.native_image_size)
+        resize = "bicubic, antialias" if self.spec.pos_embed_antialias else "bicubic, no antialias"
+        return {"activation": "quick_gelu" if self.spec.quick_gelu else "gelu",
+                "pos_embed_resize": resize if resized else "none"}
 
     def weights_fingerprint(self) -> str:
         """A digest of every weight and buffer, computed once (cache keys of frozen features)."""

@@ -52,20 +52,14 @@ def evaluation_protocol(detector: Detector, aupro_variant: str = "mvtec", fpr_li
     """
     transform = detector.transform
     config = detector.config
-    spec = getattr(detector.backbone, "spec", None)
-    backbone = {}
-    if spec is not None:
-        resized = spec.pretrained is not None and spec.image_size not in (None, detector.backbone.native_image_size)
-        backbone = {"activation": "quick_gelu" if spec.quick_gelu else "gelu",
-                    "pos_embed_resize": ("bicubic, antialias" if spec.pos_embed_antialias else "bicubic, no antialias")
-                    if resized else "none"}
+    backbone_protocol = getattr(detector.backbone, "protocol", None)
     return {
         "resolution": transform.size,
         "transform": transform.describe(),
         "mask_interpolation": transform.mask_interpolation,
         "map_interpolation": "bilinear",
         "gaussian_sigma": getattr(config, "gaussian_sigma", None),
-        **backbone,
+        **(backbone_protocol() if backbone_protocol is not None else {}),
         **{name: getattr(config, name) for name in FIDELITY_FIELDS if hasattr(config, name)},
         "aupro_variant": aupro_variant,
         "aupro_fpr_limit": fpr_limit,

@@ -45,9 +45,8 @@ import io
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import ClassVar
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -115,15 +114,17 @@ class AdaCLIPConfig(ValidatedConfig):
         "projection": [Options(PROJECTIONS)], "image_score": [Options(IMAGE_SCORES)], "hsf_clusters": [POSITIVE_INT],
         "hsf_top_factor": [POSITIVE_INT], "hsf_centroids": [Options(HSF_CENTROIDS)], "hsf_alpha": [PROBABILITY],
         "gaussian_sigma": [NON_NEGATIVE], "smoothing_boundary": [Options(SMOOTHING_BOUNDARIES)],
-        "kmeans": [Options(KMEANS)], "pos_embed_antialias": [bool], "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE],
+        "kmeans": [Options(KMEANS)], "pos_embed_antialias": [bool], "epochs": [POSITIVE_INT],
+        "learning_rate": [POSITIVE],
         "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)], "batch_size": [POSITIVE_INT],
         "mosaic_prob": [PROBABILITY], "quick_gelu": [bool], "seed": [int],
     }
 
     def check(self):
         check_layers(self, "layers")
-        if self.prompt_depth > architecture(self.backbone).layers:
-            self.fail("prompt_depth", f"{self.backbone} has {architecture(self.backbone).layers} image layers")
+        depth = architecture(self.backbone).layers
+        if self.prompt_depth > depth:
+            self.fail("prompt_depth", f"{self.backbone} has {depth} image layers")
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(length=self.prompt_length, depth=self.prompt_depth, static=self.static_prompts,
@@ -190,7 +191,8 @@ class AdaCLIPModel(nn.Module):
         super().__init__()
         self.config = config
         backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device,
-                                          quick_gelu=config.quick_gelu, pos_embed_antialias=config.pos_embed_antialias)
+                                          quick_gelu=config.quick_gelu,
+                                          pos_embed_antialias=config.pos_embed_antialias)
         backbone.layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
         self.prompted = PromptedCLIP(backbone, config.prompt_config())
         embed_dim = backbone.embed_dim
@@ -292,8 +294,9 @@ def map_official_adaclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 @register_method("adaclip", config=AdaCLIPConfig, fits_on=("auxiliary",),
                  paper="Cao et al., AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly "
                        "Detection, ECCV 2024, arXiv:2407.15795",
-                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4,
-                                "learning_rate": 0.001, "hsf_clusters": 2})
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,
+                                "layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4, "learning_rate": 0.001,
+                                "hsf_clusters": 2})
 class AdaCLIPDetector(Detector):
     """AdaCLIP behind the fit/predict protocol: ``fit`` trains on auxiliary data, ``predict`` is zero-shot."""
 

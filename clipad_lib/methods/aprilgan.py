@@ -66,8 +66,8 @@ class AprilGANConfig(ValidatedConfig):
 
     constraints: ClassVar[dict] = {
         **BACKBONE_CONSTRAINTS, "quick_gelu": [bool, None], "pos_embed_antialias": [bool], "layers": [LAYERS],
-        "few_shot_layers": [LAYERS],
-        "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE], "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)],
+        "few_shot_layers": [LAYERS], "epochs": [POSITIVE_INT], "learning_rate": [POSITIVE],
+        "betas": [Each(Interval(float, 0, 1, closed="left"), length=2)],
         "batch_size": [POSITIVE_INT], "mosaic_prob": [PROBABILITY], "gaussian_sigma": [NON_NEGATIVE], "seed": [int],
     }
 
@@ -85,8 +85,9 @@ class AprilGANConfig(ValidatedConfig):
 @register_method("aprilgan", config=AprilGANConfig, fits_on=("auxiliary", "references"),
                  paper="Chen et al., A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023 "
                        "VAND Workshop Challenge Tracks 1&2, arXiv:2305.17382",
-                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8),
-                                "few_shot_layers": (2, 4, 6, 8), "epochs": 1, "batch_size": 4})
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,
+                                "layers": (2, 4, 6, 8), "few_shot_layers": (2, 4, 6, 8), "epochs": 1,
+                                "batch_size": 4})
 class AprilGANDetector(Detector):
     """``fit(FitData(auxiliary=...))`` trains the projections; ``reference_images`` add the few-shot memory."""
 

@@ -85,7 +85,8 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed
 
 @register_method("patchcore", config=PatchCoreConfig, fits_on=("references",),
                  paper="Roth et al., Towards Total Recall in Industrial Anomaly Detection, CVPR 2022, arXiv:2106.08265",
-                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "layers": (2, 4, 6, 8)})
+                 smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,
+                                "layers": (2, 4, 6, 8)})
 class PatchCoreDetector(Detector):
     """Nearest-neighbour patch memory on frozen CLIP tokens; ``fit`` takes k normal references."""
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from ..backbones import architecture, build_clip
 from ..data.transforms import ImageTransform
 from ..validation import Each, Options, ValidatedConfig
-from .base import BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Detector, FitData, Prediction, gaussian_smooth
+from .base import (BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Detector, FitData, Prediction,
+                   gaussian_smooth)
 from .registry import register_method
 from .text_prompts import ANOMALIB_WINCLIP_ENSEMBLE, WINCLIP_ENSEMBLE, cached_text_embeddings
 
