@@ -12,7 +12,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from clipad_lib.backbones import build_clip
 from clipad_lib.engine import evaluation_protocol
-from clipad_lib.methods import (AdaCLIPConfig, AdaCLIPDetector, AprilGANConfig, PatchCoreConfig, WinCLIPConfig,
+from clipad_lib.methods import (AdaCLIPConfig, AdaCLIPDetector, AprilGANConfig, CLIPPatchMemoryConfig, WinCLIPConfig,
                                 WinCLIPDetector, gaussian_smooth)
 from clipad_lib.methods.adaclip import hybrid_semantic_fusion, sklearn_kmeans_labels
 from clipad_lib.methods.text_prompts import (ANOMALIB_WINCLIP_ENSEMBLE, WINCLIP_ENSEMBLE, frozen_text_embeddings,
@@ -39,7 +39,7 @@ def test_mirror_is_torchvisions_blur_and_differs_from_scipy_near_the_edge():
 
 
 def test_defaults_follow_the_official_code():
-    assert AdaCLIPConfig().smoothing_boundary == PatchCoreConfig().smoothing_boundary == "reflect"
+    assert AdaCLIPConfig().smoothing_boundary == CLIPPatchMemoryConfig().smoothing_boundary == "reflect"
     assert AdaCLIPConfig().pos_embed_antialias is False and AprilGANConfig().pos_embed_antialias is True
     assert AdaCLIPConfig().kmeans == "batched" and WinCLIPConfig().text_ensemble == "paper"
     # APRIL-GAN: QuickGELU only where its factory calls load_openai_model (OpenAI weights, native size).

@@ -96,7 +96,7 @@ def test_methods_use_only_public_backbone_seams(path):
 
 
 def test_importing_a_method_does_not_import_results_or_synthesis():
-    code = ("import sys, clipad_lib.methods.patchcore, clipad_lib.methods.clip_fsac; "
+    code = ("import sys, clipad_lib.methods.clip_patch_memory, clipad_lib.methods.clip_fsac; "
             "print(sorted(m for m in sys.modules if m.startswith(('clipad_lib.results', 'clipad_lib.synthesis', "
             "'clipad_lib.engine'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -23,7 +23,7 @@ from open_clip.model import resize_pos_embed, resize_text_pos_embed, set_model_p
 from torch import nn
 
 from .. import paths
-from ..feature_cache import module_fingerprint
+from .frozen import BackboneError, FrozenEncoder
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -38,10 +38,6 @@ def _quiet_random_init():
         yield
     finally:
         logging.disable(logging.NOTSET)
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be built, loaded, or fed the given input."""
 
 
 class CheckpointError(BackboneError):
@@ -145,7 +141,7 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias
     load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias)
 
 
-class ClipBackbone(nn.Module):
+class ClipBackbone(FrozenEncoder):
     """A frozen open_clip model with accessors for patch tokens and embeddings.
 
     Its parameters never require gradients; methods add their own learnable parts around it.
@@ -153,11 +149,9 @@ class ClipBackbone(nn.Module):
 
     def __init__(self, model: nn.Module, spec: ClipSpec, tokenizer):
         super().__init__()
-        self.model = model.eval()
+        self.freeze(model)
         self.spec = spec
         self.tokenizer = tokenizer
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
         visual = model.visual
         self.image_size = int(visual.image_size[0])
         self.native_image_size = architecture(spec.model_name).image_size  # before any resize
@@ -168,36 +162,8 @@ class ClipBackbone(nn.Module):
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
         self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
-        self._weights_fingerprint: str | None = None
-
-    def train(self, mode: bool = True):  # the backbone stays in eval mode (no dropout)
-        return super().train(False)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
 
     # -- the seams methods use (only this package knows open_clip's internals) --------------
-
-    def check_images(self, images: torch.Tensor) -> None:
-        """Fail unless ``images`` is [B, 3, S, S] at this backbone's resolution S."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise BackboneError(f"expected images of shape [B, 3, H, W], got {list(images.shape)}")
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise BackboneError(
-                f"{self.spec.model_name} takes {self.image_size}x{self.image_size} images, got "
-                f"{images.shape[-1]}x{images.shape[-2]}; resize with the backbone's transform first"
-            )
-
-    def layer_indices(self, layers: Sequence[int]) -> list[int]:
-        """1-based layer numbers (as the papers write them) -> 0-based block indices; an unknown
-        layer fails naming the valid range."""
-        bad = [layer for layer in layers if not 1 <= int(layer) <= self.num_layers]
-        if bad:
-            raise BackboneError(
-                f"layer indices {bad} do not exist: {self.spec.model_name} has layers 1..{self.num_layers} (1-based)"
-            )
-        return [int(layer) - 1 for layer in layers]
 
     @property
     def image_blocks(self) -> nn.ModuleList:
@@ -232,12 +198,6 @@ class ClipBackbone(nn.Module):
         resize = "bicubic, antialias" if self.spec.pos_embed_antialias else "bicubic, no antialias"
         return {"activation": "quick_gelu" if self.spec.quick_gelu else "gelu",
                 "pos_embed_resize": resize if resized else "none"}
-
-    def weights_fingerprint(self) -> str:
-        """A digest of every weight and buffer, computed once (cache keys of frozen features)."""
-        if self._weights_fingerprint is None:
-            self._weights_fingerprint = module_fingerprint(self.model)
-        return self._weights_fingerprint
 
     def patch_tokens(self, images: torch.Tensor, layers: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Tokens of the chosen transformer layers.

@@ -5,13 +5,14 @@ Importing this package imports every method module, and each registers its detec
 """
 from .base import Detector, FitData, Prediction, gaussian_smooth, upsample_maps
 from .registry import FIT_KINDS, MethodEntry, create_detector, list_methods, method_entry, register_method
-from .adaclip import AdaCLIPConfig, AdaCLIPDetector
+from .adaclip import AdaCLIPConfig, AdaCLIPDetector, HSFView
 from .aprilgan import AprilGANConfig, AprilGANDetector
 from .winclip import WinCLIPConfig, WinCLIPDetector
-from .patchcore import PatchCoreConfig, PatchCoreDetector
+from .clip_patch_memory import CLIPPatchMemoryConfig, CLIPPatchMemoryDetector
 from .clip_fsac import CLIPACConfig, CLIPACDetector, CLIPFSACConfig, CLIPFSACDetector
+from .linear_heads import LinearHeadsConfig, LinearHeadsDetector, SAMLinearHeadsConfig
 
 __all__ = ["FIT_KINDS", "AdaCLIPConfig", "AdaCLIPDetector", "AprilGANConfig", "AprilGANDetector", "CLIPACConfig",
-           "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "MethodEntry",
-           "PatchCoreConfig", "PatchCoreDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector", "create_detector",
+           "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "HSFView", "LinearHeadsConfig", "LinearHeadsDetector", "MethodEntry", "SAMLinearHeadsConfig",
+           "CLIPPatchMemoryConfig", "CLIPPatchMemoryDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector", "create_detector",
            "gaussian_smooth", "list_methods", "method_entry", "register_method", "upsample_maps"]

@@ -143,6 +143,47 @@ def sklearn_kmeans_labels(features: torch.Tensor, clusters: int, seed: int) -> t
     return torch.as_tensor(np.stack(labels), dtype=torch.long, device=features.device)
 
 
+@dataclass(frozen=True)
+class _HSFAssignment:
+    """What HSF's clustering step produced for one batch (see :func:`_hsf_assignment`)."""
+
+    abnormal: torch.Tensor   # [B, N] abnormal probability of every patch (softmax of the layers' mean logits)
+    indices: torch.Tensor    # [B, k] the top-k patches by ``abnormal``, k = min(N, top_factor · K)
+    selected: torch.Tensor   # [B, L, k, D] their projected tokens, per layer
+    labels: torch.Tensor     # [B, k] int64 cluster of each selected patch
+    one_hot: torch.Tensor    # [B, k, K'] K' = min(K, k)
+    sizes: torch.Tensor      # [B, K'] members per cluster
+
+    def cluster_scores(self) -> torch.Tensor:
+        """[B, K'] mean ``abnormal`` of each cluster's members (0 for an empty cluster)."""
+        return (self.one_hot * self.abnormal.gather(1, self.indices)[..., None]).sum(dim=1) / self.sizes.clamp_min(1)
+
+    def top_clusters(self) -> torch.Tensor:
+        """[B] the non-empty cluster with the highest mean abnormal probability (what ``"top"`` keeps)."""
+        return self.cluster_scores().masked_fill(~(self.sizes > 0), -1.0).argmax(dim=1)
+
+
+def _hsf_assignment(patch_tokens: Sequence[torch.Tensor], layer_logits: Sequence[torch.Tensor], clusters: int,
+                    top_factor: int, seed: int, kmeans: str) -> _HSFAssignment:
+    """HSF's selection and clustering, shared by :func:`hybrid_semantic_fusion` and
+    :meth:`AdaCLIPDetector.hsf_clusters`: the top ``top_factor · K`` patches by abnormal
+    probability, clustered on the layers' projected tokens concatenated ([B, k, L·D])."""
+    abnormal = torch.softmax(torch.stack(list(layer_logits)).mean(dim=0), dim=-1)[..., 1]  # [B, N]
+    top = min(abnormal.shape[1], top_factor * clusters)
+    indices = abnormal.topk(top, dim=1).indices  # [B, k]
+    selected = torch.stack([t.gather(1, indices[..., None].expand(-1, -1, t.shape[-1])) for t in patch_tokens],
+                           dim=1)  # [B, L, k, D]
+    batch, layers, _, dim = selected.shape
+    features = selected.permute(0, 2, 1, 3).reshape(batch, top, layers * dim)
+    if kmeans == "sklearn":
+        labels = sklearn_kmeans_labels(features.detach(), min(clusters, top), seed)
+    else:
+        labels, _ = batched_kmeans(features.detach(), min(clusters, top), seed=seed)
+    one_hot = F.one_hot(labels, min(clusters, top)).to(selected.dtype)  # [B, k, K]
+    return _HSFAssignment(abnormal=abnormal, indices=indices, selected=selected, labels=labels, one_hot=one_hot,
+                          sizes=one_hot.sum(dim=1))
+
+
 def hybrid_semantic_fusion(patch_tokens: Sequence[torch.Tensor], layer_logits: Sequence[torch.Tensor],
                            clusters: int, top_factor: int, centroids: str, seed: int,
                            kmeans: str = "batched") -> torch.Tensor:
@@ -159,29 +200,69 @@ def hybrid_semantic_fusion(patch_tokens: Sequence[torch.Tensor], layer_logits: S
     Returns:
         [B, D] normalized. Gradients flow to the tokens (the clustering itself is not differentiated).
     """
-    abnormal = torch.softmax(torch.stack(list(layer_logits)).mean(dim=0), dim=-1)[..., 1]  # [B, N]
-    top = min(abnormal.shape[1], top_factor * clusters)
-    indices = abnormal.topk(top, dim=1).indices  # [B, k]
-    selected = torch.stack([t.gather(1, indices[..., None].expand(-1, -1, t.shape[-1])) for t in patch_tokens],
-                           dim=1)  # [B, L, k, D]
-    batch, layers, _, dim = selected.shape
-    features = selected.permute(0, 2, 1, 3).reshape(batch, top, layers * dim)
-    if kmeans == "sklearn":
-        labels = sklearn_kmeans_labels(features.detach(), min(clusters, top), seed)
-    else:
-        labels, _ = batched_kmeans(features.detach(), min(clusters, top), seed=seed)
-    one_hot = F.one_hot(labels, min(clusters, top)).to(selected.dtype)  # [B, k, K]
-    sizes = one_hot.sum(dim=1)  # [B, K]
+    assignment = _hsf_assignment(patch_tokens, layer_logits, clusters, top_factor, seed, kmeans)
+    selected, one_hot, sizes = assignment.selected, assignment.one_hot, assignment.sizes
+    batch, layers = selected.shape[:2]
     sums = torch.einsum("bkc,blkd->bcd", one_hot, selected)  # sum over members and layers: [B, K, D]
     centres = sums / (sizes * layers).clamp_min(1)[..., None]
     present = sizes > 0
     if centroids == "all":
         fused = (centres * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True)
     else:
-        cluster_score = (one_hot * abnormal.gather(1, indices)[..., None]).sum(dim=1) / sizes.clamp_min(1)
-        best = cluster_score.masked_fill(~present, -1.0).argmax(dim=1)
-        fused = centres[torch.arange(batch, device=centres.device), best]
+        fused = centres[torch.arange(batch, device=centres.device), assignment.top_clusters()]
     return F.normalize(fused, dim=-1)
+
+
+@dataclass(frozen=True)
+class HSFView:
+    """What HSF clustered, for figures (supp. Fig. 2); from :meth:`AdaCLIPDetector.hsf_clusters`.
+
+    HSF clusters once per image, on the configured layers' projected patch tokens concatenated
+    (as the official code does; the supplementary text speaks of "individual hierarchies"), so
+    there is one clustering for all layers, not one per layer. ``layers`` names them.
+
+    Attributes (all on the CPU):
+        labels: [B, N] int64, the cluster (0..K-1) of every patch, row-major over the
+            ``grid x grid`` patch grid; -1 for patches outside the ``top`` that HSF clusters.
+        cluster_scores: [B, K] mean of ``patch_scores`` over each cluster's members; NaN for a
+            cluster that came out empty (HSF leaves those out).
+        cluster_sizes: [B, K] int64 members per cluster (they sum to ``top``).
+        patch_scores: [B, N] the abnormal probability HSF ranks and scores patches by: the softmax
+            of the layers' mean patch logits at patch resolution (predict's maps upsample the
+            logits first and smooth after, so they agree only roughly).
+        grid: side of the patch grid (N = grid²).
+        top: patches clustered per image, min(N, hsf_top_factor · hsf_clusters).
+        layers: the 1-based layer numbers whose tokens were concatenated.
+    K is min(hsf_clusters, top).
+    """
+
+    labels: torch.Tensor
+    cluster_scores: torch.Tensor
+    cluster_sizes: torch.Tensor
+    patch_scores: torch.Tensor
+    grid: int
+    top: int
+    layers: tuple[int, ...]
+
+    @property
+    def clusters(self) -> int:
+        """K, the number of clusters."""
+        return self.cluster_scores.shape[1]
+
+    @property
+    def top_clusters(self) -> torch.Tensor:
+        """[B] int64 the non-empty cluster with the highest mean score (the one ``hsf_centroids="top"`` keeps)."""
+        return self.cluster_scores.nan_to_num(-1.0).argmax(dim=1)
+
+    def label_grid(self) -> torch.Tensor:
+        """[B, grid, grid] int64 ``labels`` on the patch grid."""
+        return self.labels.reshape(-1, self.grid, self.grid)
+
+    def score_grid(self) -> torch.Tensor:
+        """[B, grid, grid] each patch's cluster mean score; NaN for patches HSF did not cluster."""
+        padded = torch.cat([self.cluster_scores, torch.full_like(self.cluster_scores[:, :1], float("nan"))], dim=1)
+        index = torch.where(self.labels >= 0, self.labels, self.clusters)
+        return padded.gather(1, index).reshape(-1, self.grid, self.grid)
 
 
 class AdaCLIPModel(nn.Module):
@@ -244,16 +325,30 @@ class AdaCLIPModel(nn.Module):
                 result[row] = embedding[j] if per_image else embedding
         return torch.stack(result)
 
-    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor | list]:
-        """images [B, 3, S, S] -> per-layer logits [B, N, 2], image probabilities [B, 2]."""
-        config = self.config
-        dynamic_source = self.prompted.frozen_image_embedding(images) if config.dynamic_prompts else None
-        pooled, tokens = self.prompted.encode_image(images, config.layers, dynamic_source)
-        patch_tokens = self._project_patches(tokens)
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, list[torch.Tensor]]:
+        """images [B, 3, S, S] -> (the dynamic prompts' source [B, D] or None, the pooled image
+        token [B, D], per configured layer the projected, L2-normalized patch tokens [B, N, D])."""
+        dynamic_source = self.prompted.frozen_image_embedding(images) if self.config.dynamic_prompts else None
+        pooled, tokens = self.prompted.encode_image(images, self.config.layers, dynamic_source)
+        return dynamic_source, pooled, self._project_patches(tokens)
+
+    def encode(self, images: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor | list]:
+        """Everything before HSF: ``patch_tokens`` (per layer [B, N, D]), ``layer_logits`` (per layer
+        [B, N, 2], Eq. 4), ``image_embedding`` [B, D] (projected CLS, normalized) and ``text`` [B, 2, D]."""
+        dynamic_source, pooled, patch_tokens = self.image_features(images)
         image_embedding = F.normalize(self.cls_projection(pooled) if self.cls_projection is not None else pooled,
                                       dim=-1)
         text = self._text(class_names, dynamic_source)  # [B, 2, D]
         layer_logits = [100.0 * torch.bmm(t, text.transpose(1, 2)) for t in patch_tokens]  # [B, N, 2] each
+        return {"patch_tokens": patch_tokens, "layer_logits": layer_logits, "image_embedding": image_embedding,
+                "text": text}
+
+    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> dict[str, torch.Tensor | list]:
+        """images [B, 3, S, S] -> per-layer logits [B, N, 2], image probabilities [B, 2]."""
+        config = self.config
+        encoded = self.encode(images, class_names)
+        patch_tokens, layer_logits, text = encoded["patch_tokens"], encoded["layer_logits"], encoded["text"]
+        image_embedding = encoded["image_embedding"]
         if config.image_score == "hsf":
             fused = hybrid_semantic_fusion(patch_tokens, layer_logits, config.hsf_clusters, config.hsf_top_factor,
                                            config.hsf_centroids, config.seed, config.kmeans)
@@ -291,7 +386,7 @@ def map_official_adaclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     return mapped
 
 
-@register_method("adaclip", config=AdaCLIPConfig, fits_on=("auxiliary",),
+@register_method("adaclip", display_name="AdaCLIP", config=AdaCLIPConfig, fits_on=("auxiliary",),
                  paper="Cao et al., AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly "
                        "Detection, ECCV 2024, arXiv:2407.15795",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,
@@ -383,7 +478,71 @@ class AdaCLIPDetector(Detector):
             scores = output["image_probabilities"][:, 1]
         return Prediction(image_scores=scores.float().cpu(), anomaly_maps=maps.float().cpu())
 
+    # -- analysis views (AdaCLIP Fig. 4, Fig. 7, supp. Fig. 2) ----------------------------------
+
+    def _check_view_inputs(self, images: torch.Tensor, class_names: Sequence[str] | None, required: bool) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected images [B, 3, S, S] (detector.transform.image of each sample), got {shape}")
+        if class_names is None and not required:
+            return
+        if class_names is None or isinstance(class_names, str) or len(class_names) != len(images):
+            raise ValueError("AdaCLIP needs one class name per image (its text prompts name the object)")
+
+    @torch.no_grad()
+    def patch_embeddings(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[int, torch.Tensor]:
+        """The patch embeddings the anomaly maps are computed from (what Fig. 4 and Fig. 7 plot).
+
+        Args:
+            images: [B, 3, S, S], as :attr:`transform` makes them.
+            class_names: optional, one per image (checked when given). The image encoder's prompts
+                depend on the image only, so the embeddings do not depend on the names.
+        Returns:
+            {layer: [B, N, D]} for each configured layer (1-based layer numbers, ``config.layers``):
+            the patch tokens after the projection, L2-normalized, on the CPU; N = grid² patches in
+            row-major order, D the CLIP embedding width. Each map is ``100 · embedding · text``.
+        Unlike :meth:`predict` there is no zero-shot check: nothing is scored, and Fig. 7 plots the
+        training data's embeddings too.
+        """
+        self._check_view_inputs(images, class_names, required=False)
+        self.model.eval()
+        _, _, patch_tokens = self.model.image_features(images.to(self.config.device))
+        return {layer: tokens.float().cpu() for layer, tokens in zip(self.config.layers, patch_tokens)}
+
+    @torch.no_grad()
+    def hsf_clusters(self, images: torch.Tensor, class_names: Sequence[str]) -> HSFView:
+        """What Hybrid Semantic Fusion clusters for these images (supp. Fig. 2): :class:`HSFView`.
+
+        The same selection and k-means as :meth:`predict` (``hsf_clusters``, ``hsf_top_factor``,
+        ``kmeans``, ``seed`` of the config), so for the same batch the clusters are the ones its
+        image score was fused from. The batched k-means clusters a batch's images together (shared
+        random draws and stopping rule), so pass the batch that was predicted to see exactly its
+        clusters. With ``image_score`` other than "hsf", predict runs no HSF; the view shows what HSF
+        would cluster. images [B, 3, S, S]; class_names one per image. No zero-shot check.
+        """
+        self._check_view_inputs(images, class_names, required=True)
+        self.model.eval()
+        config = self.config
+        encoded = self.model.encode(images.to(config.device), list(class_names))
+        assignment = _hsf_assignment(encoded["patch_tokens"], encoded["layer_logits"], config.hsf_clusters,
+                                     config.hsf_top_factor, config.seed, config.kmeans)
+        batch, patches = assignment.abnormal.shape
+        labels = torch.full((batch, patches), -1, dtype=torch.long, device=assignment.labels.device)
+        labels.scatter_(1, assignment.indices, assignment.labels)
+        sizes = assignment.sizes.round().long()
+        scores = assignment.cluster_scores().masked_fill(sizes == 0, float("nan"))
+        return HSFView(labels=labels.cpu(), cluster_scores=scores.float().cpu(), cluster_sizes=sizes.cpu(),
+                       patch_scores=assignment.abnormal.float().cpu(), grid=self.backbone.grid_size,
+                       top=assignment.indices.shape[1], layers=tuple(config.layers))
+
     # -- checkpoints --------------------------------------------------------------------------
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{"original": parameters of the CLIP model, "added": parameters AdaCLIP learns (static
+        prompts, dynamic-prompt generators, projection)} — AdaCLIP Tab. 6's two sizes, as counts."""
+        original = sum(p.numel() for p in self.backbone.parameters())
+        added = sum(v.numel() for v in self.model.learnable_state_dict().values())
+        return {"original": original, "added": added}
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save the learnable parameters only (plus the config and the training categories)."""

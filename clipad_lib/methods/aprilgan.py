@@ -82,7 +82,7 @@ class AprilGANConfig(ValidatedConfig):
         return self.pretrained == "openai" and self.image_size == architecture(self.backbone).image_size
 
 
-@register_method("aprilgan", config=AprilGANConfig, fits_on=("auxiliary", "references"),
+@register_method("aprilgan", display_name="APRIL-GAN", config=AprilGANConfig, fits_on=("auxiliary", "references"),
                  paper="Chen et al., A Zero-/Few-Shot Anomaly Classification and Segmentation Method for CVPR 2023 "
                        "VAND Workshop Challenge Tracks 1&2, arXiv:2305.17382",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,

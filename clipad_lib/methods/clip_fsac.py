@@ -293,7 +293,7 @@ class CLIPACConfig(ValidatedConfig):
                                    "temperature": [POSITIVE], "encode_batch_size": [POSITIVE_INT]}
 
 
-@register_method("clip_ac", config=CLIPACConfig, fits_on=("nothing",),
+@register_method("clip_ac", display_name="CLIP-AC", config=CLIPACConfig, fits_on=("nothing",),
                  paper="zero-shot CLIP anomaly classification as in Jeong et al., WinCLIP, CVPR 2023, arXiv:2303.14814 "
                        "(§3.1), the starting point of CLIP-FSAC++ (Fig. 2a)",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64})
@@ -318,7 +318,7 @@ def _to_uint8(images: torch.Tensor, transform: ImageTransform) -> np.ndarray:
     return (transform.unnormalize(images.cpu()) * 255.0).round().to(torch.uint8).numpy()
 
 
-@register_method("clip_fsac", config=CLIPFSACConfig, fits_on=("references",),
+@register_method("clip_fsac", display_name="CLIP-FSAC++", config=CLIPFSACConfig, fits_on=("references",),
                  paper="Zuo et al., CLIP-FSAC++: Few-Shot Anomaly Classification with Anomaly Descriptor Based on "
                        "CLIP, 2024 manuscript",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64, "epochs": 2,

@@ -23,7 +23,8 @@ FIT_KINDS = ("nothing", "references", "auxiliary")
 class MethodEntry:
     """A registered method.
 
-    name: the detector's ``name`` (run records and reported numbers use it).
+    name: the detector's ``name``: the method id that run records and reported numbers use.
+    display_name: how the papers' tables print it ("CLIP-FSAC++", "APRIL-GAN").
     config: its config dataclass, whose defaults are the paper's settings.
     detector: the :class:`Detector` subclass, built as ``detector(config, backbone=None)``.
     fits_on: the kinds of data ``fit`` accepts (:data:`FIT_KINDS`).
@@ -38,6 +39,7 @@ class MethodEntry:
     fits_on: tuple[str, ...]
     paper: str
     smoke_changes: dict = field(default_factory=dict)
+    display_name: str = ""
 
     def smoke_config(self, **changes) -> Any:
         """The paper config with :attr:`smoke_changes` and then ``changes`` applied."""
@@ -47,7 +49,7 @@ class MethodEntry:
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, *, config: type, fits_on: tuple[str, ...], paper: str,
+def register_method(name: str, *, config: type, fits_on: tuple[str, ...], paper: str, display_name: str,
                     smoke_changes: dict | None = None) -> Callable[[type], type]:
     """Class decorator that adds a detector to the registry under ``name``."""
     unknown = set(fits_on) - set(FIT_KINDS)
@@ -60,7 +62,8 @@ def register_method(name: str, *, config: type, fits_on: tuple[str, ...], paper:
         if name in _REGISTRY and _REGISTRY[name].detector is not detector:
             raise ValueError(f"method {name!r} is registered twice ({_REGISTRY[name].detector.__name__}, "
                              f"{detector.__name__})")
-        _REGISTRY[name] = MethodEntry(name, config, detector, tuple(fits_on), paper, dict(smoke_changes or {}))
+        _REGISTRY[name] = MethodEntry(name, config, detector, tuple(fits_on), paper, dict(smoke_changes or {}),
+                                      display_name)
         return detector
 
     return decorate
@@ -78,10 +81,12 @@ def method_entry(name: str) -> MethodEntry:
     return _REGISTRY[name]
 
 
-def create_detector(name: str, config: Any = None, *, backbone=None, **changes):
-    """Build a registered method: ``config`` (default: the paper's) with ``changes`` applied.
+def create_detector(name: str, config: Any = None, *, shared_backbone=None, **changes):
+    """Build a registered method: ``config`` (default: the paper's) with ``changes`` applied
+    (``create_detector("adaclip", backbone="ViT-B-16", epochs=2)``).
 
-    ``backbone`` shares an already built encoder between detectors (it must match the config's).
+    ``shared_backbone`` shares an already built encoder between detectors (it must match the
+    config's ``backbone``, which is a config field like any other).
     """
     entry = method_entry(name)
     config = config if config is not None else entry.config()
@@ -89,4 +94,4 @@ def create_detector(name: str, config: Any = None, *, backbone=None, **changes):
         raise TypeError(f"{name} takes a {entry.config.__name__}, got {type(config).__name__}")
     if changes:
         config = config.replace(**changes)
-    return entry.detector(config, backbone=backbone)
+    return entry.detector(config, backbone=shared_backbone)

@@ -97,7 +97,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-2, -1)
 
 
-@register_method("winclip", config=WinCLIPConfig, fits_on=("nothing", "references"),
+@register_method("winclip", display_name="WinCLIP", config=WinCLIPConfig, fits_on=("nothing", "references"),
                  paper="Jeong et al., WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation, CVPR 2023, "
                        "arXiv:2303.14814",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64})

@@ -1,7 +1,10 @@
 """Pictures and widgets: sample grids, anomaly-map overlays, an interactive heatmap explorer,
-score histograms, t-SNE and metric-vs-setting lines."""
+score histograms, t-SNE and metric-vs-setting lines, patch-embedding projections (PCA / t-SNE),
+HSF cluster figures and the interactive embedding explorer."""
 from .analysis import metric_lines, score_histograms, tsne_scatter
+from .embeddings import embedding_explorer, embedding_scatter, hsf_cluster_figure, patch_labels, project_embeddings
 from .figures import anomaly_overlays, heatmap_explorer, sample_grid, save_figure
 
-__all__ = ["anomaly_overlays", "heatmap_explorer", "metric_lines", "sample_grid", "save_figure", "score_histograms",
+__all__ = ["anomaly_overlays", "embedding_explorer", "embedding_scatter", "heatmap_explorer", "hsf_cluster_figure",
+           "metric_lines", "patch_labels", "project_embeddings", "sample_grid", "save_figure", "score_histograms",
            "tsne_scatter"]

@@ -4,8 +4,8 @@ import torch
 
 from clipad_lib.data.transforms import ImageTransform
 from clipad_lib.engine import evaluate_detector, fit_few_shot, run_few_shot
-from clipad_lib.methods import FitData, PatchCoreConfig, PatchCoreDetector
-from clipad_lib.methods.patchcore import greedy_coreset
+from clipad_lib.methods import FitData, CLIPPatchMemoryConfig, CLIPPatchMemoryDetector
+from clipad_lib.methods.clip_patch_memory import greedy_coreset
 
 SMOKE = dict(backbone="clipad-tiny-ViT", pretrained=None, image_size=128, layers=(2, 4, 6, 8))
 
@@ -13,7 +13,7 @@ SMOKE = dict(backbone="clipad-tiny-ViT", pretrained=None, image_size=128, layers
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
-    return PatchCoreDetector(PatchCoreConfig(**SMOKE))
+    return CLIPPatchMemoryDetector(CLIPPatchMemoryConfig(**SMOKE))
 
 
 def test_predict_shapes_and_zero_score_on_a_reference(detector):
@@ -55,20 +55,20 @@ def test_coreset_picks_spread_out_points():
 
 
 def test_coreset_shrinks_memory(tiny_backbone):
-    detector = PatchCoreDetector(PatchCoreConfig(**{**SMOKE, "image_size": 64, "coreset_ratio": 0.25}),
+    detector = CLIPPatchMemoryDetector(CLIPPatchMemoryConfig(**{**SMOKE, "image_size": 64, "coreset_ratio": 0.25}),
                                  backbone=tiny_backbone)
     detector.fit(FitData(reference_images=torch.randn(2, 3, 64, 64)))
     assert all(len(bank) == 32 for bank in detector.memory)  # 2 images x 64 patches x 0.25
 
 
 def test_misuse_fails_clearly(tiny_backbone):
-    detector = PatchCoreDetector(PatchCoreConfig(**{**SMOKE, "image_size": 64}), backbone=tiny_backbone)
+    detector = CLIPPatchMemoryDetector(CLIPPatchMemoryConfig(**{**SMOKE, "image_size": 64}), backbone=tiny_backbone)
     with pytest.raises(RuntimeError, match="before fit"):
         detector.predict(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="reference_images"):
         detector.fit(FitData())
     with pytest.raises(ValueError, match="distance"):
-        PatchCoreConfig(distance="manhattan")
+        CLIPPatchMemoryConfig(distance="manhattan")
     with pytest.raises(ValueError, match="coreset_ratio"):
-        PatchCoreConfig(coreset_ratio=0)
+        CLIPPatchMemoryConfig(coreset_ratio=0)
     assert isinstance(detector.transform, ImageTransform) and detector.transform.size == 64

@@ -25,7 +25,7 @@ DISTANCES = ("cosine", "euclidean")
 
 
 @dataclass(frozen=True)
-class PatchCoreConfig(ValidatedConfig):
+class CLIPPatchMemoryConfig(ValidatedConfig):
     # Backbone and layers of the APRIL-GAN few-shot branch (APRIL-GAN §3.3 and its code):
     # ViT-L/14@336 (OpenAI), 518 px input, patch tokens of layers 6, 12, 18, 24.
     backbone: str = "ViT-L-14-336"
@@ -83,16 +83,16 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed
     return torch.tensor(chosen, dtype=torch.long)
 
 
-@register_method("patchcore", config=PatchCoreConfig, fits_on=("references",),
+@register_method("clip_patch_memory", display_name="CLIP patch memory (PatchCore-style, CLIP tokens)", config=CLIPPatchMemoryConfig, fits_on=("references",),
                  paper="Roth et al., Towards Total Recall in Industrial Anomaly Detection, CVPR 2022, arXiv:2106.08265",
                  smoke_changes={"backbone": "clipad-tiny-ViT", "pretrained": None, "image_size": 64,
                                 "layers": (2, 4, 6, 8)})
-class PatchCoreDetector(Detector):
+class CLIPPatchMemoryDetector(Detector):
     """Nearest-neighbour patch memory on frozen CLIP tokens; ``fit`` takes k normal references."""
 
-    name = "patchcore"
+    name = "clip_patch_memory"
 
-    def __init__(self, config: PatchCoreConfig = PatchCoreConfig(), backbone=None):
+    def __init__(self, config: CLIPPatchMemoryConfig = CLIPPatchMemoryConfig(), backbone=None):
         self.config = config
         self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device)
         self._transform = ImageTransform.for_backbone(self.backbone)
@@ -120,11 +120,11 @@ class PatchCoreDetector(Detector):
             features.append(layer_tokens)
         return features
 
-    def fit(self, data: FitData) -> "PatchCoreDetector":
+    def fit(self, data: FitData) -> "CLIPPatchMemoryDetector":
         """Store the patch tokens of ``data.reference_images`` [K, 3, S, S] as the memory bank."""
         references = data.reference_images
         if references is None or len(references) == 0:
-            raise ValueError("PatchCoreDetector.fit needs FitData(reference_images=[K, 3, S, S]) with K >= 1")
+            raise ValueError("CLIPPatchMemoryDetector.fit needs FitData(reference_images=[K, 3, S, S]) with K >= 1")
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.config.layers]
         for start in range(0, len(references), self.config.batch_size):
             for layer, feats in enumerate(self._features(references[start:start + self.config.batch_size])):
@@ -149,7 +149,7 @@ class PatchCoreDetector(Detector):
     def predict(self, images: torch.Tensor, class_names=None) -> Prediction:
         """images [B, 3, S, S] -> image scores [B] and anomaly maps [B, S, S] (class names unused)."""
         if self.memory is None:
-            raise RuntimeError("PatchCoreDetector.predict called before fit()")
+            raise RuntimeError("CLIPPatchMemoryDetector.predict called before fit()")
         grid = self.backbone.grid_size
         layer_maps = []
         for feats, bank in zip(self._features(images), self.memory):
