@@ -1,9 +1,9 @@
 """Tables rendered from run records (CSV + Markdown), and paper-vs-ours comparisons.
 
 Our metrics are stored in [0, 1]; tables show them in percent, as the papers print them.
-Reported numbers live in CSV files (``clipad_lib/papers/<paper>/reported.csv``) with the
-columns ``table, method, dataset, category, setting, metric, value, source`` — ``value`` as
-printed in the paper (percent).
+Reported numbers follow one schema (``clipad_lib.papers``; ``value`` as printed, in percent).
+Domain rows (the papers' "Average" and "Rank" over a domain's datasets) are computed here from
+dataset-level numbers, the way the papers compute them.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from ..metrics.suite import IMAGE_METRICS, PIXEL_METRICS
 from .records import RunRecord
 
 ALL_METRICS = IMAGE_METRICS + PIXEL_METRICS
-REPORTED_COLUMNS = ("table", "method", "dataset", "category", "setting", "metric", "value", "source")
-MEAN_ROW = "mean"
+MEAN_ROW, RANK_ROW = "mean", "rank"
 
 
 def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
@@ -99,47 +98,87 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, display: pd.DataFram
     return csv_path, md_path
 
 
-def load_reported(path: str | Path) -> pd.DataFrame:
-    """Read a CSV of reported numbers; check its columns and that every method is registered
-    (:func:`~clipad_lib.methods.list_methods`) or listed in ``papers.REPORTED_ONLY``."""
-    from ..methods import list_methods
-    from ..papers import REPORTED_ONLY, base_method
+def load_reported(paper_or_path: str | Path) -> pd.DataFrame:
+    """The validated reported numbers of a paper (``"adaclip"``) or CSV file (see
+    :func:`clipad_lib.papers.load_reported`)."""
+    from ..papers import load_reported as load
 
-    reported = pd.read_csv(path, dtype={"category": str, "setting": str}, keep_default_na=False)
-    missing = set(REPORTED_COLUMNS) - set(reported.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected {list(REPORTED_COLUMNS)}")
-    unknown = sorted({m for m in reported["method"] if base_method(m) not in set(list_methods()) | set(REPORTED_ONLY)})
-    if unknown:
-        raise ValueError(f"{path} names methods that are neither registered nor reported-only: {unknown}; "
-                         f"registered: {', '.join(list_methods())}; add a reported-only method to "
-                         "clipad_lib/papers/__init__.py REPORTED_ONLY")
-    reported["value"] = pd.to_numeric(reported["value"], errors="raise")
-    return reported
+    return load(paper_or_path)
+
+
+REPORTED_LABELS = ("table", "train_data", "backbone", "quoted_from", "source_line")
 
 
 def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
-                  on: Sequence[str] = ("method", "dataset", "category", "metric"),
-                  digits: int = 1) -> pd.DataFrame:
+                  on: Sequence[str] = ("method", "variant", "dataset", "category", "setting", "metric"),
+                  digits: int = 1, comparable: bool = True) -> pd.DataFrame:
     """Put reported numbers beside ours: ``paper | ours | Δ`` (percent; Δ = ours − paper).
 
     Args:
-        ours: a long frame as from :func:`records_frame` (values in [0, 1]); seeds are averaged.
-        reported: a frame as from :func:`load_reported` (values in percent).
+        ours: a long frame as from :func:`records_frame` (values in [0, 1]; ``rank`` rows as
+            ranks); seeds are averaged.
+        reported: rows of :func:`load_reported` (values in percent).
         on: the keys that identify one number in both.
-    Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run").
+        comparable: False when ours ran on stand-in data (the smoke profile): Δ stays empty.
+    Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run");
+    rows whose value the paper leaves as ``-`` read "not reported".
     """
     keys = list(on)
-    our_means = ours.groupby(keys, as_index=False)["value"].mean()
-    our_means["ours"] = our_means["value"] * 100
-    paper = reported.rename(columns={"value": "paper"})
+    our_means = ours.groupby(keys, as_index=False, dropna=False)["value"].mean()
+    is_rank = our_means["category"] == RANK_ROW if "category" in keys else False
+    our_means["ours"] = np.where(is_rank, our_means["value"], our_means["value"] * 100)
+    paper = reported.drop(columns=["paper"], errors="ignore").rename(columns={"value": "paper"})
     merged = paper.merge(our_means[keys + ["ours"]], on=keys, how="left")
-    merged["Δ"] = merged["ours"] - merged["paper"]
-    merged["status"] = np.where(merged["ours"].isna(), "reported, not re-run", "re-run")
+    merged["Δ"] = (merged["ours"] - merged["paper"]) if comparable else np.nan
+    merged["status"] = np.select(
+        [merged["paper"].isna(), merged["ours"].isna(), np.full(len(merged), not comparable)],
+        ["not reported", "reported, not re-run", "re-run on a smoke stand-in (not comparable)"], "re-run")
     for column in ("paper", "ours", "Δ"):
-        merged[column] = merged[column].round(digits)
-    extra = [c for c in ("table", "setting") if c in merged.columns and c not in keys]
-    return merged[extra + keys + ["paper", "ours", "Δ", "status", "source"]]
+        merged[column] = merged[column].astype(float).round(digits)
+    extra = [c for c in ("table",) if c in merged.columns and c not in keys]
+    labels = [c for c in REPORTED_LABELS if c in merged.columns and c not in keys + extra]
+    return merged[extra + keys + ["paper", "ours", "Δ", "status"] + labels].reset_index(drop=True)
+
+
+def dataset_means(long: pd.DataFrame) -> pd.DataFrame:
+    """Per (every key column, seed): the dataset-level number — the mean over categories."""
+    keys = [c for c in long.columns if c not in ("category", "value")]
+    means = long[long["category"] != MEAN_ROW].groupby(keys, as_index=False, dropna=False)["value"].mean()
+    return means.assign(category=MEAN_ROW)[long.columns]
+
+
+def domain_rank(per_dataset: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The papers' "Rank" row: per (``by``, dataset) rank the methods by ``value`` (1 = best, tied
+    values share the mean of their ranks), then average each method's rank over the datasets.
+
+    per_dataset: one row per (``by``, dataset, method) with ``value`` (any scale; seeds averaged
+    first by the caller). Returns ``by`` + [method, rank].
+    """
+    frame = per_dataset.copy()
+    frame["rank"] = frame.groupby(list(by) + ["dataset"])["value"].rank(ascending=False, method="average")
+    return frame.groupby(list(by) + ["method"], as_index=False)["rank"].mean()
+
+
+def domain_rows(long: pd.DataFrame, domain_of: dict[str, str], rank: bool = True) -> pd.DataFrame:
+    """The domain rows the AdaCLIP tables print, from a long frame of per-category (or
+    dataset-level) numbers: ``dataset`` = the domain, ``category`` = ``mean`` (the mean over the
+    domain's datasets of each dataset's category mean, per seed) or ``rank`` (see
+    :func:`domain_rank`; computed among the methods present, on seed means). A metric enters a
+    domain only from the datasets that have it.
+    """
+    per_dataset = dataset_means(long) if (long["category"] != MEAN_ROW).any() else long
+    per_dataset = per_dataset[per_dataset["dataset"].isin(list(domain_of))].copy()
+    per_dataset["domain"] = per_dataset["dataset"].map(domain_of)
+    keys = [c for c in per_dataset.columns if c not in ("dataset", "category", "value", "domain", "seed", "run")]
+    means = per_dataset.groupby(keys + ["domain", "seed"], as_index=False, dropna=False)["value"].mean()
+    rows = [means.rename(columns={"domain": "dataset"}).assign(category=MEAN_ROW)]
+    if rank:
+        seed_means = per_dataset.groupby(keys + ["domain", "dataset"], as_index=False, dropna=False)["value"].mean()
+        others = [k for k in keys if k != "method"]
+        ranks = domain_rank(seed_means, by=others + ["domain"]).rename(columns={"rank": "value", "domain": "dataset"})
+        rows.append(ranks.assign(category=RANK_ROW, seed=0))
+    columns = [c for c in long.columns if c != "run"]
+    return pd.concat(rows, ignore_index=True)[columns]
 
 
 def name_variants(long: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
