@@ -47,17 +47,22 @@ def resolve_notebooks(names: Sequence[str]) -> list[Path]:
 
 def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: bool,
                         results_dir: Path) -> dict:
-    """The profile's parameters that the notebook declares, plus results_dir/resume and overrides.
+    """The parameters papermill injects: the profile's ``common`` values the notebook declares,
+    its own section of the profile (``profiles/<profile>.yaml``), results_dir/resume, overrides.
 
-    An override the notebook does not declare is an error (a typo would silently do nothing).
+    A key of the notebook's own section or an override that the notebook does not declare is
+    an error (a typo would silently do nothing).
     """
     import papermill
 
     declared = set(papermill.inspect_notebook(str(notebook)))
-    unknown = sorted(set(overrides) - declared)
-    if unknown:
-        raise ValueError(f"{notebook.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
-    values = {**profile_parameters(profile), "results_dir": str(results_dir), "resume": resume, **overrides}
+    common, own = profile_parameters(profile, notebook.stem)
+    for source, keys in (("override(s)", overrides), (f"profiles/{profile}.yaml section {notebook.stem!r}", own)):
+        unknown = sorted(set(keys) - declared)
+        if unknown:
+            raise ValueError(f"{notebook.name} has no parameter(s) {unknown} ({source}); it declares {sorted(declared)}")
+    values = {**{k: v for k, v in common.items() if k in declared}, **own,
+              "results_dir": str(results_dir), "resume": resume, **overrides}
     return {key: value for key, value in values.items() if key in declared}
 
 

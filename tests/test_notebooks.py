@@ -7,6 +7,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from clipad_lib import cli
+from clipad_lib.profiles import available_profiles, profile_parameters
 from clipad_lib.runner import NOTEBOOKS_DIR, parse_parameter, run_notebooks
 
 
@@ -25,7 +26,7 @@ def test_notebook_00_runs_in_the_smoke_profile(tmp_path, synthetic_root):
                             results_root=tmp_path, progress=False)
     assert results[0].ok, results[0].error
     assert (tmp_path / "00_data_and_metrics.ipynb").is_file()
-    table = pd.read_csv(tmp_path / "tables" / "00_patchcore_4shot_synthetic.csv")
+    table = pd.read_csv(tmp_path / "tables" / "00_clip_patch_memory_4shot_synthetic.csv")
     assert list(table["category"]) == ["pill", "weave", "mean"]
     assert table.set_index("category").loc["mean", "pixel_auroc"] > 70
     assert len(list((tmp_path / "records").rglob("seed0.json"))) == 2
@@ -85,7 +86,10 @@ def test_a_hanging_cell_fails_at_the_cell_timeout(tmp_path):
 
 
 def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
-    short = {"adaclip_epochs": 1, "aprilgan_epochs": 1, "test_categories": ["pill", "weave"]}
+    _, section = profile_parameters("smoke", "10_adaclip_zero_shot")
+    methods = {name: {**changes, "epochs": 1} if "epochs" in changes else changes
+               for name, changes in section["methods"].items()}
+    short = {"methods": methods, "test_categories": ["pill", "weave"]}
     [result] = run_notebooks(["10_adaclip_zero_shot"], "smoke", short, results_root=tmp_path, progress=False)
     assert result.ok, result.error
     table = pd.read_csv(tmp_path / "tables" / "10_zero_shot_synthetic.csv")
@@ -95,15 +99,15 @@ def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
                             progress=False)
     executed = nbformat.read(tmp_path / "10_adaclip_zero_shot.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert again.ok and "adaclip: 2 categories, 2 reused, trained=False" in printed
+    assert again.ok and "adaclip: 2 categories, 2 reused, 0 training(s)" in printed
 
 
 def test_clip_fsac_notebooks_run_in_the_smoke_profile(tmp_path, synthetic_root):
-    overrides = {"fsac_seeds": [0], "fsac_shots": [1, 4], "fsac_categories": ["pill", "washer"]}
+    overrides = {"seeds": [0], "shots": [1, 4], "categories": ["pill", "washer"]}
     results = run_notebooks(["20_clip_fsac_few_shot"], "smoke", overrides, results_root=tmp_path, progress=False)
     assert results[0].ok, results[0].error
     per_category = pd.read_csv(tmp_path / "tables" / "20_i_auroc_per_category_synthetic.csv")
-    assert set(per_category["method"]) == {"clip_fsac", "winclip", "patchcore"}
+    assert set(per_category["method"]) == {"clip_fsac", "winclip", "clip_patch_memory"}
     assert list(per_category.columns[-3:]) == ["pill", "washer", "mean"]
     table_iii = pd.read_csv(tmp_path / "tables" / "20_tab3_ours.csv")
     assert {"clip_ac", "clip_fsac"} <= set(table_iii["method"])
@@ -111,9 +115,50 @@ def test_clip_fsac_notebooks_run_in_the_smoke_profile(tmp_path, synthetic_root):
     for figure in ("20_gradient_maps", "20_tsne", "20_score_histograms"):
         assert (tmp_path / "figures" / f"{figure}_synthetic_pill.png").stat().st_size > 0
     ablations = run_notebooks(["21_clip_fsac_ablations"], "smoke",
-                              {"fsac_ablation_categories": ["washer"], "fsac_ablation_shots": [4],
+                              {"ablation_categories": ["washer"], "ablation_shots": [4],
                                "gamma1_values": [0.01, 0.7]}, results_root=tmp_path, progress=False)
     assert ablations[0].ok, ablations[0].error
     table_vi = pd.read_csv(tmp_path / "tables" / "21_tabVI_ours.csv")
-    assert len(table_vi) == 4 and table_vi["method"].str.startswith("clip_fsac (").all()
+    assert sorted(table_vi["method"]) == ["TF + VT", "TF only", "VT only", "no descriptor"]
     assert (tmp_path / "figures" / "21_fig8_optimizers_synthetic.png").stat().st_size > 0
+
+
+def test_every_profile_section_is_declared_by_its_notebook():
+    """profiles/<profile>.yaml: each notebook section names a notebook, and every key of it is a
+    parameter that notebook declares (so no setting silently does nothing)."""
+    import papermill
+
+    from clipad_lib.profiles import profile_sections
+
+    notebooks = {p.stem: p for p in NOTEBOOKS_DIR.glob("[0-9]*.ipynb")}
+    assert set(available_profiles()) == {"paper", "smoke"}
+    for profile in available_profiles():
+        common, sections = profile_sections(profile)
+        assert set(sections) == set(notebooks), profile
+        for stem, section in sections.items():
+            declared = set(papermill.inspect_notebook(str(notebooks[stem])))
+            assert set(section) <= declared, (profile, stem, sorted(set(section) - declared))
+            assert {"profile", "device"} <= declared, stem
+
+
+def test_an_adaclip_paper_notebook_runs_on_smoke_stand_ins(tmp_path, synthetic_root):
+    """Notebook 14 through papermill on four stand-ins: both train→test pairs of AnomalyCLIP's
+    protocol run, every "ours" cell of supp. Tab. 6-7 on those datasets fills, Δ is marked not
+    comparable."""
+    _, section = profile_parameters("smoke", "14_adaclip_anomalyclip_protocol")
+    overrides = {"test_datasets": ["mvtec", "visa", "headct", "isic"],
+                 "adaclip": {**section["adaclip"], "epochs": 1}}
+    [result] = run_notebooks(["14_adaclip_anomalyclip_protocol"], "smoke", overrides, results_root=tmp_path,
+                             progress=False)
+    assert result.ok, result.error
+    ours = pd.read_csv(tmp_path / "tables" / "14_supp_tab6_7_ours.csv").set_index("dataset")
+    assert {"mvtec", "visa", "headct", "isic", "industrial", "medical"} <= set(ours.index)
+    assert pd.isna(ours.loc["isic", "image_auroc"]) and pd.isna(ours.loc["headct", "pixel_auroc"])
+    comparison = pd.read_csv(tmp_path / "tables" / "14_paper_vs_ours_supp_tab6.csv", keep_default_na=False)
+    ran = comparison[comparison["dataset"].isin(["mvtec", "visa", "industrial"]) & (comparison["method"] == "adaclip")]
+    assert len(ran) == 6 and set(ran["status"]) == {"re-run on a smoke stand-in (not comparable)"}
+    assert (ran["Δ"] == "").all()
+    quoted = comparison[comparison["method"] == "anomalyclip"]
+    assert set(quoted["status"]) == {"reported, not re-run"} and set(quoted["quoted_from"]) == {"AnomalyCLIP (ICLR 2024)"}
+    records = list((tmp_path / "records" / "adaclip-zero-shot-anomalyclip-protocol").rglob("seed0.json"))
+    assert len(records) == 6  # mvtec and visa stand-ins have two categories each

@@ -1,4 +1,5 @@
-"""Zero-shot evaluation: train once on auxiliary data (if the method trains), evaluate every unseen category."""
+"""Zero-shot evaluation: train once on auxiliary data (if the method trains), then evaluate every
+unseen category of every test set that training serves."""
 from __future__ import annotations
 
 import time
@@ -19,47 +20,50 @@ class ZeroShotRun:
     reused: int = 0
     trained: bool = False
     fit_seconds: float = 0.0
-    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    evaluations: dict[tuple[str, str], Evaluation] = field(default_factory=dict)  # (dataset, category)
 
 
-def run_zero_shot(detector: Detector, *, test: AnomalyDataset, test_root: Path,
-                  auxiliary: Sequence[AnomalyDataset] = (), results_dir: Path, seed: int = 0,
-                  categories: Sequence[str] | None = None, resume: bool = False, batch_size: int = 8,
-                  aupro_variant: str = "mvtec", device: str = "cpu", keep_evaluations: bool = False) -> ZeroShotRun:
-    """Fit ``detector`` on ``auxiliary`` (skipped for methods without training) and evaluate per category.
+def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, Path]],
+                  auxiliary: Sequence[AnomalyDataset] = (), results_dir: Path, seed: int = 0, variant: str = "",
+                  resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
+                  keep_evaluations: bool = False) -> ZeroShotRun:
+    """Fit ``detector`` once on ``auxiliary`` (skipped for methods without training) and evaluate
+    every category of every ``(test set, its root)``, one run record each.
 
-    The auxiliary categories must not overlap the test categories (refused otherwise). With
+    The auxiliary categories must not overlap any test category (refused otherwise). With
     ``resume``, every category whose record is unchanged (same config, data, code) is read back;
-    training runs only when some category is left to evaluate.
+    training runs only when some category is left to evaluate — and then once for all test sets.
     """
-    categories = list(categories or test.categories)
     auxiliary = list(auxiliary)
-    check_zero_shot([c for d in auxiliary for c in d.categories], categories)
+    for test, _ in tests:
+        check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
     protocol = evaluation_protocol(detector, aupro_variant)
     training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
+    jobs = [(test, root, category) for test, root in tests for category in test.categories]
     specs = {
-        c: RunSpec(method=detector.name, setting=ZERO_SHOT, dataset=test.name, category=c, seed=seed,
-                   config=detector.config, protocol=protocol,
-                   identity={"test_files": dataset_fingerprint(test.subset(category=c).records, test_root),
-                             "auxiliary": training_identity})
-        for c in categories
+        (test.name, category): RunSpec(
+            method=detector.name, setting=ZERO_SHOT, variant=variant, dataset=test.name, category=category,
+            seed=seed, config=detector.config, protocol=protocol,
+            identity={"test_files": dataset_fingerprint(test.subset(category=category).records, root),
+                      "auxiliary": training_identity})
+        for test, root, category in jobs
     }
-    reused = {c: spec.reusable(results_dir) for c, spec in specs.items()} if resume else {}
+    reused = {key: spec.reusable(results_dir) for key, spec in specs.items()} if resume else {}
     outcome = ZeroShotRun()
-    missing = [c for c in categories if reused.get(c) is None]
-    if missing and auxiliary:
+    if any(reused.get(key) is None for key in specs) and auxiliary:
         start = time.perf_counter()
-        detector.fit(FitData(auxiliary=auxiliary))
+        detector.fit(FitData(auxiliary=auxiliary, seed=seed))
         outcome.trained, outcome.fit_seconds = True, time.perf_counter() - start
-    for category in categories:
-        if reused.get(category) is not None:
-            outcome.records.append(reused[category])
+    for test, _, category in jobs:
+        key = (test.name, category)
+        if reused.get(key) is not None:
+            outcome.records.append(reused[key])
             outcome.reused += 1
             continue
         evaluation = evaluate_detector(detector, test.subset(category=category), batch_size=batch_size,
-                                       aupro_variant=aupro_variant, desc=f"{detector.name} on {category}")
+                                       aupro_variant=aupro_variant, desc=f"{detector.name} on {test.name}/{category}")
         if keep_evaluations:
-            outcome.evaluations[category] = evaluation
+            outcome.evaluations[key] = evaluation
         result = RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings})
-        outcome.records.append(specs[category].write(results_dir, result, device))
+        outcome.records.append(specs[key].write(results_dir, result, device))
     return outcome

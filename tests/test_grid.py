@@ -1,0 +1,83 @@
+"""Experiment grids and the notebook context: what runs, how often a model trains, resume, and
+the smoke stand-ins."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clipad_lib.engine import (Experiment, FewShotProtocol, Variant, ZeroShotPair, ZeroShotProtocol, adaclip_protocol,
+                               anomalyclip_protocol, notebook_context, variants)
+from clipad_lib.methods import method_entry
+
+ADACLIP_DATASETS = ["mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "headct", "brainmri", "br35h", "isic",
+                    "clinicdb", "colondb", "tn3k"]
+STANDINS = {"mvtec": ["brushed"], "clinicdb": ["grain"], "visa": ["checker"], "colondb": ["weave"],
+            "headct": ["pill"], "isic": ["tile"]}
+
+
+def test_adaclip_protocol_is_the_papers_swap():
+    protocol = adaclip_protocol(ADACLIP_DATASETS)
+    first, second = protocol.pairs
+    assert first.train == ("mvtec", "clinicdb") and second.train == ("visa", "colondb")
+    assert set(second.test) == {"mvtec", "clinicdb"} and len(first.test) == 12
+    assert "visa" in first.test and "colondb" in first.test  # tested after training on MVTec AD + ClinicDB
+    assert protocol.train_data_of("mvtec") == "visa+colondb"
+    other = anomalyclip_protocol(["mvtec", "visa", "isic"])
+    assert [(p.train, p.test) for p in other.pairs] == [(("mvtec",), ("visa", "isic")), (("visa",), ("mvtec",))]
+
+
+def test_protocols_refuse_ambiguous_pairs():
+    with pytest.raises(ValueError, match="more than one train→test pair"):
+        ZeroShotProtocol((ZeroShotPair(("mvtec",), ("visa",)), ZeroShotPair(("mpdd",), ("visa",))))
+    with pytest.raises(ValueError, match="both auxiliary and test"):
+        ZeroShotProtocol((ZeroShotPair(("mvtec",), ("mvtec",)),))
+    with pytest.raises(KeyError, match="unknown method 'adaclipp'"):
+        Experiment("adaclipp", adaclip_protocol(["visa"]))
+    with pytest.raises(ValueError, match="variant names repeat"):
+        Experiment("adaclip", adaclip_protocol(["visa"]), variants=(Variant("a"), Variant("a")))
+
+
+def test_jobs_list_the_grid_without_reading_data():
+    grid = variants({"hsf-off": {"image_score": "max"}, "hsf-on": {}}, {"hsf-off": "max of the map"})
+    protocol = adaclip_protocol(ADACLIP_DATASETS, seeds=(0, 1))
+    trained = Experiment("adaclip", protocol, variants=grid).jobs()
+    assert len(trained) == 2 * 2 * 2  # variants x seeds x pairs: one training per pair, not per test set
+    assert {job.pair.train for job in trained} == {("mvtec", "clinicdb"), ("visa", "colondb")}
+    free = Experiment("winclip", protocol).jobs()
+    assert len(free) == 2 and free[0].pair.train == () and len(free[0].pair.test) == 14  # no training: one pass
+    few = Experiment("clip_fsac", FewShotProtocol(("visa", "mvtec"), (1, 4), (0, 1, 2))).jobs()
+    assert [(j.dataset, j.shots) for j in few] == [("visa", 1), ("visa", 4), ("mvtec", 1), ("mvtec", 4)]
+    assert grid[0].label == "max of the map" and grid[1].label == "hsf-on"
+
+
+def test_context_reads_stand_ins_under_the_papers_names(tmp_path, synthetic_root):
+    ctx = notebook_context("smoke", results_dir=tmp_path, standins=STANDINS, paper="adaclip", quiet=True)
+    visa, _ = ctx.dataset("visa")
+    assert visa.name == "synthetic-as-visa" and visa.categories == ["checker"]
+    assert ctx.paper_name(visa.name) == "visa" and not ctx.comparable
+    with pytest.raises(KeyError, match="maps no synthetic stand-in to 'mpdd'"):
+        ctx.dataset("mpdd")
+    frame = pd.DataFrame({"dataset": ["synthetic-as-isic", "synthetic-as-isic", "synthetic-as-headct",
+                                      "synthetic-as-headct"],
+                          "metric": ["image_auroc", "pixel_auroc", "image_auroc", "pixel_auroc"], "value": 0.5})
+    kept = ctx.ours(frame)
+    # ISIC has masks but no normal images; HeadCT image labels only (their manifests).
+    assert sorted(zip(kept["dataset"], kept["metric"])) == [("headct", "image_auroc"), ("isic", "pixel_auroc")]
+
+
+def test_run_trains_once_per_pair_serves_every_test_set_and_resumes(tmp_path, synthetic_root):
+    ctx = notebook_context("smoke", results_dir=tmp_path, standins=STANDINS, quiet=True)
+    protocol = adaclip_protocol(["mvtec", "visa", "headct", "isic"])
+    changes = {**method_entry("adaclip").smoke_changes, "epochs": 1}
+    experiment = Experiment("adaclip", protocol, changes=changes, variants=variants({"hsf-off": {"image_score": "max"}}))
+    result = ctx.run(experiment, keep_detectors=True)
+    assert result.trainings == 2 and result.reused == 0
+    assert {r.dataset for r in result.records} == {f"synthetic-as-{d}" for d in ("mvtec", "visa", "headct", "isic")}
+    assert {r.variant for r in result.records} == {"hsf-off"}
+    assert all(r.identity["auxiliary"][0]["dataset"] == "synthetic-as-visa" for r in result.records
+               if r.dataset == "synthetic-as-mvtec")
+    detector = result.detectors[("hsf-off", "mvtec+clinicdb", 0)]
+    assert detector.config.image_score == "max" and detector.config.epochs == 1
+    again = notebook_context("smoke", results_dir=tmp_path, standins=STANDINS, resume=True, quiet=True).run(experiment)
+    assert again.trainings == 0 and again.reused == len(result.records)
+    assert [r.metrics for r in again.records] == [r.metrics for r in result.records]
