@@ -262,3 +262,22 @@ def test_embedding_explorer_bad_inputs(setup):
         embedding_explorer({"a": setup["embeddings"]}, pictures[:3], masks[:3], maps[:3])
     with pytest.raises(ValueError, match="not a square grid"):
         embedding_explorer({"a": {2: setup["embeddings"][2][:, :60]}}, pictures, masks, maps)
+
+
+def test_hsf_explorer_draws_one_image_at_a_time_and_caches_its_view(setup):
+    detector, images, names = setup["detector"], setup["images"], setup["names"]
+    asked = []
+
+    def view_of(index):
+        asked.append(index)
+        return detector.hsf_clusters(images[index:index + 1], names[index:index + 1])
+
+    explorer = views.hsf_explorer(setup["pictures"], setup["masks"], setup["before"].anomaly_maps, view_of)
+    first = explorer.controls["picture"].value
+    assert asked == [0] and first[:4] == b"\x89PNG"
+    explorer.controls["image"].value = 2
+    assert asked == [0, 2] and explorer.controls["picture"].value != first
+    explorer.controls["image"].value = 0
+    assert asked == [0, 2]  # cached
+    with pytest.raises(ValueError, match="titles"):
+        views.hsf_explorer(setup["pictures"], setup["masks"], setup["before"].anomaly_maps, view_of, titles=["a"])

@@ -162,3 +162,18 @@ def test_an_adaclip_paper_notebook_runs_on_smoke_stand_ins(tmp_path, synthetic_r
     assert set(quoted["status"]) == {"reported, not re-run"} and set(quoted["quoted_from"]) == {"AnomalyCLIP (ICLR 2024)"}
     records = list((tmp_path / "records" / "adaclip-zero-shot-anomalyclip-protocol").rglob("seed0.json"))
     assert len(records) == 6  # mvtec and visa stand-ins have two categories each
+
+
+def test_the_adaclip_analyses_notebook_draws_its_figures_and_widgets(tmp_path, synthetic_root):
+    """Notebook 13: Fig. 4, Fig. 7 and supp. Fig. 2 as PNGs and three interactive explorers, each
+    dataset seen through a model that was not trained on it (a zero-shot refusal would fail it)."""
+    _, section = profile_parameters("smoke", "13_adaclip_analyses")
+    overrides = {"max_images": 4, "adaclip": {**section["adaclip"], "epochs": 1}}
+    [result] = run_notebooks(["13_adaclip_analyses"], "smoke", overrides, results_root=tmp_path, progress=False)
+    assert result.ok, result.error
+    for figure in ("13_fig4_pca_variants_visa", "13_fig7_tsne_backbones", "13_supp_fig2_hsf_clusters_visa"):
+        assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 0
+    executed = nbformat.read(tmp_path / "13_adaclip_analyses.ipynb", as_version=4)
+    widgets = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {}) and "VBox" in o["data"]["text/plain"]]
+    assert len(widgets) == 3

@@ -383,3 +383,41 @@ def embedding_explorer(embeddings: Mapping[str, Mapping[int, object]], images, m
                     "perplexity": perplexity, "patch": patch, "picture": picture}
     box.projections = cache
     return box
+
+
+def hsf_explorer(images, masks, maps, view_of, titles=None):
+    """The interactive supp. Fig. 2: an IntSlider picks one image, and its HSF figure
+    (:func:`hsf_cluster_figure`: image, ground truth, map, clusters, cluster mean scores) is drawn.
+
+    Args:
+        images: [B, S, S, 3] in [0, 1]; masks, maps: [B, S, S].
+        view_of: index -> the :class:`~clipad_lib.methods.adaclip.HSFView` of that one image, e.g.
+            ``lambda i: detector.hsf_clusters(batch[i:i + 1], names[i:i + 1])``; called once per
+            image shown (cached), so a large batch costs only what is looked at.
+    Returns an ``ipywidgets.VBox`` (``controls["image"]`` is the slider) that also renders headless.
+    """
+    import ipywidgets as widgets
+
+    images, masks, maps = _check_pictures(images, masks, maps)
+    titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(images))]
+    if len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    slider = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
+    picture = widgets.Image(format="png")
+    views: dict[int, object] = {}
+
+    def render(*_):
+        index = slider.value
+        if index not in views:
+            views[index] = view_of(index)
+        figure = hsf_cluster_figure(images[index:index + 1], masks[index:index + 1], maps[index:index + 1],
+                                    views[index], titles=[titles[index]])
+        picture.value = _png_bytes(figure)
+        plt.close(figure)
+
+    slider.observe(render, names="value")
+    render()
+    box = widgets.VBox([slider, picture])
+    box.controls = {"image": slider, "picture": picture}
+    box.views = views
+    return box
