@@ -81,3 +81,19 @@ def test_run_trains_once_per_pair_serves_every_test_set_and_resumes(tmp_path, sy
     again = notebook_context("smoke", results_dir=tmp_path, standins=STANDINS, resume=True, quiet=True).run(experiment)
     assert again.trainings == 0 and again.reused == len(result.records)
     assert [r.metrics for r in again.records] == [r.metrics for r in result.records]
+    # The records' folder names the training data, so two protocols never share a record.
+    assert {r.train_data for r in result.records} == {"synthetic-as-mvtec+synthetic-as-clinicdb",
+                                                     "synthetic-as-visa+synthetic-as-colondb"}
+    assert (tmp_path / "records" / "adaclip-zero-shot-hsf-off-on-synthetic-as-visa+synthetic-as-colondb").is_dir()
+    # Asking for the detectors trains them even when every record is read back (figures need them).
+    kept = notebook_context("smoke", results_dir=tmp_path, standins=STANDINS, resume=True,
+                            quiet=True).run(experiment, keep_detectors=True)
+    assert kept.trainings == 2 and kept.reused == len(result.records)
+    assert kept.detectors[("hsf-off", "mvtec+clinicdb", 0)].loss_history
+
+
+def test_a_bad_variant_fails_before_anything_runs():
+    with pytest.raises(ValueError, match=r"adaclip variant 'typo'.*prompt_depthh.*AdaCLIPConfig fields: backbone"):
+        Experiment("adaclip", adaclip_protocol(["visa"]), variants=variants({"typo": {"prompt_depthh": 2}}))
+    with pytest.raises(KeyError, match="not a test set of this protocol"):
+        adaclip_protocol(["visa"]).train_data_of("mpdd")

@@ -204,3 +204,16 @@ def test_reported_numbers_name_only_registered_or_reported_only_methods(tmp_path
                    "adaclip,main:1,adaclipp,,visa,candle,zero-shot,,,,image_auroc,91.0,,,x\n")
     with pytest.raises(ValueError, match=r"line 3: method 'adaclipp' is neither registered nor in papers.REPORTED_ONLY"):
         load_reported(bad)
+
+
+def test_ranks_compare_only_among_the_same_methods():
+    reported = pd.DataFrame({"table": "main:1", "method": ["a", "b", "c"], "variant": "", "dataset": "industrial",
+                             "category": "rank", "setting": "zero-shot", "metric": "image_auroc",
+                             "value": [1.0, 2.0, 3.0]})
+    ours = pd.DataFrame({"method": ["a", "b"], "variant": "", "dataset": "industrial", "category": "rank",
+                         "setting": "zero-shot", "metric": "image_auroc", "seed": 0, "value": [1.0, 2.0]})
+    shown = paper_vs_ours(ours, reported).set_index("method")
+    assert shown.loc["a", "status"].startswith("ranked among 2 re-run methods, the paper among 3")
+    assert pd.isna(shown.loc["a", "Δ"]) and shown.loc["a", "ours"] == 1.0
+    everyone = pd.concat([ours, ours.head(1).assign(method="c", value=3.0)])
+    assert paper_vs_ours(everyone, reported).set_index("method").loc["a", "Δ"] == 0.0

@@ -68,15 +68,20 @@ class ZeroShotProtocol:
             raise ValueError(f"test sets {repeated} appear in more than one train→test pair; each test set is "
                              "served by exactly one trained model")
         for pair in self.pairs:
-            if set(pair.train) & set(pair.test):
-                raise ValueError(f"{pair.train_data} is both auxiliary and test data in {pair}")
+            both = sorted(set(pair.train) & set(pair.test))
+            if both:
+                raise ValueError(f"{', '.join(both)} would be both auxiliary and test data in {pair}")
 
     @property
     def test_datasets(self) -> list[str]:
         return [name for pair in self.pairs for name in pair.test]
 
     def train_data_of(self, test: str) -> str:
-        return next(pair.train_data for pair in self.pairs if test in pair.test)
+        """The auxiliary data of the pair that tests ``test``."""
+        for pair in self.pairs:
+            if test in pair.test:
+                return pair.train_data
+        raise KeyError(f"{test!r} is not a test set of this protocol; its test sets: {', '.join(self.test_datasets)}")
 
 
 def swap_protocol(test_datasets: Sequence[str], default: Sequence[str], alternate: Sequence[str],
@@ -152,6 +157,15 @@ class Experiment:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat in {names}")
+        if self.build is None:  # check every variant's config now, not after hours of earlier jobs
+            entry = method_entry(self.method)
+            for variant in self.variants:
+                try:
+                    entry.config().replace(**{**self.changes, **variant.changes})
+                except (TypeError, ValueError) as exc:
+                    fields = ", ".join(entry.config.__dataclass_fields__)
+                    raise ValueError(f"{self.method} variant {variant.name or '(as configured)'!r}: {exc} "
+                                     f"({entry.config.__name__} fields: {fields})") from None
 
     @property
     def trains_on_auxiliary(self) -> bool:
@@ -195,7 +209,11 @@ class ExperimentResult:
 def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Path, resume: bool = False,
                    device: str = "cpu", batch_size: int = 8, aupro_variant: str = "mvtec",
                    keep_detectors: bool = False) -> ExperimentResult:
-    """Run every job of ``experiment`` (records written atomically, reused on ``resume``)."""
+    """Run every job of ``experiment`` (records written atomically, reused on ``resume``).
+
+    With ``keep_detectors`` the fitted detectors are returned too, so a zero-shot model is trained
+    even when all its records are reused (figures must come from a trained model).
+    """
     result = ExperimentResult(experiment)
     protocol = experiment.protocol
     for job in tqdm(experiment.jobs(), desc=f"{experiment.method} grid", leave=False):
@@ -206,7 +224,7 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
             auxiliary = [data.dataset(name)[0] for name in job.pair.train]
             run = run_zero_shot(detector, tests=tests, auxiliary=auxiliary, results_dir=results_dir, seed=job.seed,
                                 variant=variant.name, resume=resume, batch_size=batch_size,
-                                aupro_variant=aupro_variant, device=device)
+                                aupro_variant=aupro_variant, device=device, always_fit=keep_detectors)
             result.trainings += int(run.trained)
             key = (variant.name, job.pair.train_data, job.seed)
         else:

@@ -26,7 +26,7 @@ class ZeroShotRun:
 def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, Path]],
                   auxiliary: Sequence[AnomalyDataset] = (), results_dir: Path, seed: int = 0, variant: str = "",
                   resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
-                  keep_evaluations: bool = False) -> ZeroShotRun:
+                  keep_evaluations: bool = False, always_fit: bool = False) -> ZeroShotRun:
     """Fit ``detector`` once on ``auxiliary`` (skipped for methods without training) and evaluate
     every category of every ``(test set, its root)``, one run record each.
 
@@ -39,10 +39,12 @@ def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, P
         check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
     protocol = evaluation_protocol(detector, aupro_variant)
     training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
+    train_data = "+".join(d.name for d in auxiliary)
     jobs = [(test, root, category) for test, root in tests for category in test.categories]
     specs = {
         (test.name, category): RunSpec(
-            method=detector.name, setting=ZERO_SHOT, variant=variant, dataset=test.name, category=category,
+            method=detector.name, setting=ZERO_SHOT, variant=variant, train_data=train_data, dataset=test.name,
+            category=category,
             seed=seed, config=detector.config, protocol=protocol,
             identity={"test_files": dataset_fingerprint(test.subset(category=category).records, root),
                       "auxiliary": training_identity})
@@ -50,7 +52,7 @@ def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, P
     }
     reused = {key: spec.reusable(results_dir) for key, spec in specs.items()} if resume else {}
     outcome = ZeroShotRun()
-    if any(reused.get(key) is None for key in specs) and auxiliary:
+    if (always_fit or any(reused.get(key) is None for key in specs)) and auxiliary:
         start = time.perf_counter()
         detector.fit(FitData(auxiliary=auxiliary, seed=seed))
         outcome.trained, outcome.fit_seconds = True, time.perf_counter() - start

@@ -223,6 +223,13 @@ class LinearHeadsDetector(Detector):
     # -- inference --------------------------------------------------------------------------
 
     @torch.no_grad()
+    def patch_embeddings(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The frozen backbone's patch tokens the heads read (AdaCLIP Fig. 7): images [B, 3, S, S]
+        -> {1-based layer: [B, N, C]} on the CPU, for the configured layers."""
+        tokens = self.backbone.patch_tokens(images.to(self.config.device), self.config.layers)
+        return {layer: t.float().cpu() for layer, t in zip(self.config.layers, tokens)}
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> Prediction:
         """images [B, 3, S, S] -> scores [B] (max of the map) and maps [B, S, S].
 

@@ -41,6 +41,7 @@ class RunRecord:
     input_hash: str
     setting: str = ""
     variant: str = ""
+    train_data: str = ""
     timings: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
     code_fingerprint: str = ""
@@ -51,7 +52,7 @@ class RunRecord:
 
     @property
     def tag(self) -> str:
-        return run_tag(self.setting, self.variant)
+        return run_tag(self.setting, self.variant, self.train_data)
 
     @property
     def run_name(self) -> str:
@@ -66,12 +67,13 @@ def few_shot_setting(k: int) -> str:
     return f"{int(k)}-shot"
 
 
-def run_tag(setting: str, variant: str = "") -> str:
+def run_tag(setting: str, variant: str = "", train_data: str = "") -> str:
     """The folder name of a run's records: ``"4-shot"`` -> ``"4shot"``, a variant appended
     (``"4shot-losses-both"``); ``"zero-shot"`` stays as it is. Only paths use it."""
     shots = setting.removesuffix("-shot")
     tag = f"{shots}shot" if shots.isdigit() else setting
-    return "-".join(part for part in (tag, variant) if part)
+    trained = f"on-{train_data}" if train_data else ""
+    return "-".join(part for part in (tag, variant, trained) if part)
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,15 +199,17 @@ class RunSpec:
     protocol: dict
     identity: dict = field(default_factory=dict)
     variant: str = ""
+    train_data: str = ""  # the auxiliary data of a zero-shot run ("mvtec+clinicdb"), "" for none
 
     @property
     def tag(self) -> str:
-        return run_tag(self.setting, self.variant)
+        return run_tag(self.setting, self.variant, self.train_data)
 
     @property
     def input_hash(self) -> str:
         """The hash of everything that determines the run's numbers, code included."""
         return stable_hash({"method": self.method, "setting": self.setting, "variant": self.variant,
+                            "train_data": self.train_data,
                             "config": _jsonable(self.config), "dataset": self.dataset, "category": self.category,
                             "seed": self.seed, "protocol": self.protocol, "identity": _jsonable(self.identity),
                             "code": code_fingerprint()})
@@ -227,7 +231,7 @@ class RunSpec:
         record = RunRecord(
             method=self.method, dataset=self.dataset, category=self.category, seed=self.seed,
             metrics=_jsonable(outcome.metrics), config=_jsonable(self.config), protocol=_jsonable(self.protocol),
-            input_hash=self.input_hash, setting=self.setting, variant=self.variant,
+            input_hash=self.input_hash, setting=self.setting, variant=self.variant, train_data=self.train_data,
             timings=_jsonable(outcome.timings), identity=_jsonable(self.identity), code_fingerprint=code_fingerprint(),
             git_commit=git_commit(), packages=package_versions(), device=device_description(device),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -133,6 +133,18 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
     merged["status"] = np.select(
         [merged["paper"].isna(), merged["ours"].isna(), np.full(len(merged), not comparable)],
         ["not reported", "reported, not re-run", "re-run on a smoke stand-in (not comparable)"], "re-run")
+    if "category" in keys and "method" in keys and (merged["category"] == RANK_ROW).any():
+        # A rank depends on who else is ranked: compare only where the same methods were ranked.
+        group = [k for k in keys if k not in ("method",)]
+        ours_ranked = our_means[our_means["category"] == RANK_ROW].groupby(group)["method"].agg(frozenset)
+        paper_ranked = merged[merged["category"] == RANK_ROW].groupby(group)["method"].agg(frozenset)
+        for index in merged.index[(merged["category"] == RANK_ROW) & merged["ours"].notna()]:
+            where = tuple(merged.loc[index, group])
+            ours_set, paper_set = ours_ranked.get(where, frozenset()), paper_ranked.get(where, frozenset())
+            if ours_set != paper_set:
+                merged.loc[index, "Δ"] = np.nan
+                merged.loc[index, "status"] = (f"ranked among {len(ours_set)} re-run methods, the paper among "
+                                               f"{len(paper_set)} (not comparable)")
     for column in ("paper", "ours", "Δ"):
         merged[column] = merged[column].astype(float).round(digits)
     extra = [c for c in ("table",) if c in merged.columns and c not in keys]
