@@ -57,6 +57,10 @@ def test_context_reads_stand_ins_under_the_papers_names(tmp_path, synthetic_root
     assert ctx.paper_name(visa.name) == "visa" and not ctx.comparable
     with pytest.raises(KeyError, match="maps no synthetic stand-in to 'mpdd'"):
         ctx.dataset("mpdd")
+    with pytest.raises(KeyError, match=r"has the categories \['checker'\], none of \['pill'\]"):
+        ctx.dataset("visa", categories=["pill"])
+    with pytest.raises(KeyError, match="reports no table 'main:7'; its tables: main:1"):
+        ctx.compare(pd.DataFrame(), "main:7")
     frame = pd.DataFrame({"dataset": ["synthetic-as-isic", "synthetic-as-isic", "synthetic-as-headct",
                                       "synthetic-as-headct"],
                           "metric": ["image_auroc", "pixel_auroc", "image_auroc", "pixel_auroc"], "value": 0.5})

@@ -80,6 +80,9 @@ class NotebookContext:
                     raise KeyError(f"the {self.profile} profile maps no synthetic stand-in to {name!r}; "
                                    f"stand-ins: {sorted(self.standins)} (profiles/{self.profile}.yaml)")
                 chosen = [c for c in self.standins[name] if not categories or c in categories]
+                if not chosen:
+                    raise KeyError(f"the stand-in of {name!r} has the categories {list(self.standins[name])}, "
+                                   f"none of {list(categories)} (profiles/{self.profile}.yaml)")
                 root = dataset_root(SYNTHETIC)
                 dataset = load_dataset(SYNTHETIC, split, root=root, categories=chosen)
                 dataset = AnomalyDataset(STANDIN_PREFIX + name, dataset.records, dataset.has_pixel_labels)
@@ -133,6 +136,9 @@ class NotebookContext:
         """``paper | ours | Δ`` for every number of ``table`` (e.g. ``"main:1"``) matching
         ``filters`` (column=value or column=[values]); written to ``tables/<stem>`` when given."""
         rows = self.reported[self.reported["table"] == table]
+        if rows.empty:
+            raise KeyError(f"{self.paper} reports no table {table!r}; its tables: "
+                           f"{', '.join(sorted(set(self.reported['table'])))}")
         for column, value in filters.items():
             rows = rows[rows[column].isin(value if isinstance(value, (list, tuple, set)) else [value])]
         comparison = paper_vs_ours(ours, rows, comparable=self.comparable)
