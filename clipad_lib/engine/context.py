@@ -97,6 +97,11 @@ class NotebookContext:
         """``synthetic-as-visa`` -> ``visa``; other names unchanged."""
         return dataset.removeprefix(STANDIN_PREFIX)
 
+    @staticmethod
+    def domains(names: Sequence[str]) -> dict[str, str]:
+        """{dataset: its manifest's domain ("industrial" / "medical")}, for domain rows."""
+        return {name: _manifest(name).domain for name in names}
+
     @property
     def comparable(self) -> bool:
         """Whether our numbers ran on the datasets the paper used (False on smoke stand-ins)."""

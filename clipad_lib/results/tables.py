@@ -38,10 +38,7 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
 def with_category_mean(long: pd.DataFrame) -> pd.DataFrame:
     """Add a ``mean`` category per (run, dataset, seed, metric, and any other key column such as
     ``setting``): the average over categories that papers print as their "Average" row."""
-    keys = [c for c in long.columns if c not in ("category", "value")]
-    means = long.groupby(keys, as_index=False, dropna=False)["value"].mean()
-    means["category"] = MEAN_ROW
-    return pd.concat([long, means[long.columns]], ignore_index=True)
+    return pd.concat([long, dataset_means(long)], ignore_index=True)
 
 
 def summary_table(records: Iterable[RunRecord], metrics: Sequence[str] = ALL_METRICS,
@@ -171,15 +168,17 @@ def domain_rank(per_dataset: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return frame.groupby(list(by) + ["method"], as_index=False)["rank"].mean()
 
 
-def domain_rows(long: pd.DataFrame, domain_of: dict[str, str], rank: bool = True) -> pd.DataFrame:
+def domain_rows(long: pd.DataFrame, domain_of: dict[str, str], rank: bool = True,
+                with_datasets: bool = False) -> pd.DataFrame:
     """The domain rows the AdaCLIP tables print, from a long frame of per-category (or
     dataset-level) numbers: ``dataset`` = the domain, ``category`` = ``mean`` (the mean over the
     domain's datasets of each dataset's category mean, per seed) or ``rank`` (see
     :func:`domain_rank`; computed among the methods present, on seed means). A metric enters a
-    domain only from the datasets that have it.
+    domain only from the datasets that have it. ``with_datasets`` puts the dataset-level rows
+    (:func:`dataset_means`) before them, as the tables print both.
     """
-    per_dataset = dataset_means(long) if (long["category"] != MEAN_ROW).any() else long
-    per_dataset = per_dataset[per_dataset["dataset"].isin(list(domain_of))].copy()
+    dataset_level = dataset_means(long) if (long["category"] != MEAN_ROW).any() else long
+    per_dataset = dataset_level[dataset_level["dataset"].isin(list(domain_of))].copy()
     per_dataset["domain"] = per_dataset["dataset"].map(domain_of)
     keys = [c for c in per_dataset.columns if c not in ("dataset", "category", "value", "domain", "seed", "run")]
     means = per_dataset.groupby(keys + ["domain", "seed"], as_index=False, dropna=False)["value"].mean()
@@ -190,13 +189,15 @@ def domain_rows(long: pd.DataFrame, domain_of: dict[str, str], rank: bool = True
         ranks = domain_rank(seed_means, by=others + ["domain"]).rename(columns={"rank": "value", "domain": "dataset"})
         rows.append(ranks.assign(category=RANK_ROW, seed=0))
     columns = [c for c in long.columns if c != "run"]
-    return pd.concat(rows, ignore_index=True)[columns]
+    domains = pd.concat(rows, ignore_index=True)[columns]
+    return pd.concat([dataset_level, domains], ignore_index=True) if with_datasets else domains
 
 
 def name_variants(long: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """A copy of ``long`` whose rows with a variant show the method as ``"<method> (<label>)"``,
-    the way the reported CSVs name ablation rows (``labels`` maps a variant to its label; the
-    variant's own name where it has none). The ``variant`` column stays as it is."""
+    """A copy of ``long`` whose rows with a variant show the method as ``"<method> (<label>)"``
+    (``labels`` maps a variant to its label; the variant's own name where it has none), for
+    displays that put the variant into the method's name. The ``variant`` column stays as it is;
+    reported numbers join on it, not on this name."""
     labels = labels or {}
     named = long.copy()
     named["method"] = [m if not v else f"{m} ({labels.get(v, v)})" for m, v in zip(long["method"], long["variant"])]
