@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clipad_lib"
 LAYERS = [
     {"io", "paths", "validation", "seeding"},
     {"feature_cache", "data", "metrics", "synthesis", "losses"},
-    {"backbones", "training"},
+    {"backbones", "training", "pretraining"},
     {"methods"},
     {"results", "papers"},
     {"engine", "viz", "profiles"},

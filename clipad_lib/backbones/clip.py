@@ -2,9 +2,12 @@
 
 ``build_clip`` makes a model from an open_clip architecture name and either a pretrained tag
 (``"openai"``, ``"laion400m_e32"`` — fetched into the open_clip/HF cache on a GPU runner), a
-local checkpoint file, or None for random initialisation (tests and the smoke profile).
+local checkpoint file, or None for random initialisation (unit tests).
 The ``clipad-tiny-*`` architectures in ``configs/`` are registered with open_clip on import:
-they are small random-init ViTs that run through exactly the same code as ``ViT-L-14-336``.
+they are small ViTs that run through exactly the same code as ``ViT-L-14-336``. One of them
+ships with weights: ``clipad-tiny-ViT`` / ``"clipad-synthetic"``, pretrained here on a captioned
+synthetic corpus (``weights/clipad-tiny-ViT-synthetic.md``), loaded like any local checkpoint;
+the smoke profile uses it.
 
 Layer indices are 1-based, as the papers write them ("the 6th, 12th, 18th and 24th layers").
 """
@@ -28,6 +31,11 @@ from .frozen import BackboneError, FrozenEncoder
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
 TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+
+# Weights shipped with the package, as (architecture, tag) -> file: the tiny CLIP pretrained on
+# the captioned synthetic corpus (scripts/pretrain_tiny_clip.py; model card beside the file).
+SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED_WEIGHTS = {("clipad-tiny-ViT", "clipad-synthetic"): SHIPPED_WEIGHTS_DIR / "clipad-tiny-ViT-synthetic.safetensors"}
 
 
 @contextmanager
@@ -117,28 +125,37 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[s
 
 
 def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
-                         pos_embed_antialias: bool = True) -> None:
+                         pos_embed_antialias: bool = True) -> bool:
     """Load an open_clip state dict into ``model``, positional embeddings resized to its
     resolution, every tensor checked first (a mismatch names each wrong tensor).
 
     The image positional embedding keeps its class token and is resized bicubically with
     ``align_corners=False``, antialiased or not: open_clip 3.3 antialiases, the official AdaCLIP
-    code does not."""
-    state_dict = dict(state_dict)
+    code does not. Returns whether the image positional embedding was resized."""
+    expected = model.state_dict()
+    # Half-precision files (the shipped tiny CLIP) load into the model's float32: cast first, since
+    # the positional-embedding resize has no half-precision kernel on CPU.
+    state_dict = {key: value.to(expected[key].dtype) if key in expected and value.is_floating_point() else value
+                  for key, value in state_dict.items()}
+    before = state_dict.get("visual.positional_embedding")
     resize_pos_embed(state_dict, model, interpolation="bicubic", antialias=pos_embed_antialias)
     resize_text_pos_embed(state_dict, model)
-    check_state_dict(model.state_dict(), state_dict, source)
+    check_state_dict(expected, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
+    after = state_dict.get("visual.positional_embedding")
+    return before is not None and tuple(before.shape) != tuple(after.shape)
 
 
-def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias: bool = True) -> None:
-    """Load a local open_clip checkpoint with ``weights_only=True``, checking every tensor first."""
+def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias: bool = True) -> bool:
+    """Load a local open_clip checkpoint (``.safetensors`` or a torch file read with
+    ``weights_only=True``), checking every tensor first; return whether positional embeddings
+    were resized."""
     path = Path(path)
     try:
         state_dict = _open_clip_load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias)
+    return load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias)
 
 
 class ClipBackbone(FrozenEncoder):
@@ -147,8 +164,9 @@ class ClipBackbone(FrozenEncoder):
     Its parameters never require gradients; methods add their own learnable parts around it.
     """
 
-    def __init__(self, model: nn.Module, spec: ClipSpec, tokenizer):
+    def __init__(self, model: nn.Module, spec: ClipSpec, tokenizer, weights_resized: bool = False):
         super().__init__()
+        self.weights_resized = weights_resized  # loaded positional embeddings were interpolated
         self.freeze(model)
         self.spec = spec
         self.tokenizer = tokenizer
@@ -194,7 +212,7 @@ class ClipBackbone(FrozenEncoder):
     def protocol(self) -> dict[str, str]:
         """The backbone's fidelity choices, for run records: activation and positional-embedding
         resize ("none" when no weights were resized to a non-native resolution)."""
-        resized = self.spec.pretrained is not None and self.spec.image_size not in (None, self.native_image_size)
+        resized = self.weights_resized
         resize = "bicubic, antialias" if self.spec.pos_embed_antialias else "bicubic, no antialias"
         return {"activation": "quick_gelu" if self.spec.quick_gelu else "gelu",
                 "pos_embed_resize": resize if resized else "none"}
@@ -259,7 +277,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
 
     Args:
         model_name: an open_clip architecture or a registered ``clipad-tiny-*`` config.
-        pretrained: a pretrained tag, a local checkpoint path, or None (random init).
+        pretrained: a pretrained tag, a local checkpoint path, or None (random init); the tag
+            ``"clipad-synthetic"`` of ``clipad-tiny-ViT`` is the package's own file (SHIPPED_WEIGHTS).
         image_size: input resolution (None = the architecture's own).
         device: where the model lives.
         cache_dir: weights cache for tags (default ``$CLIPAD_WEIGHTS`` or the open_clip/HF cache).
@@ -281,17 +300,36 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
     kwargs = {"force_image_size": image_size} if image_size else {}
     if quick_gelu:
         kwargs["force_quick_gelu"] = True
-    local_file = pretrained is not None and Path(pretrained).expanduser().is_file()
+    local_path = shipped_weights(model_name, pretrained)
+    if local_path is None and pretrained is not None and Path(pretrained).expanduser().is_file():
+        local_path = Path(pretrained).expanduser()
     tag_state = _pretrained_state(model_name, pretrained, cache_dir, quick_gelu) \
-        if pretrained is not None and not local_file else None
+        if pretrained is not None and local_path is None else None
     with _quiet_random_init(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = open_clip.create_model(model_name, pretrained=None, **kwargs)
+    resized = False
     if tag_state is not None:
         state_dict, preprocess = tag_state
-        load_clip_state_dict(model, state_dict, f"{model_name}/{pretrained}", pos_embed_antialias)
+        resized = load_clip_state_dict(model, state_dict, f"{model_name}/{pretrained}", pos_embed_antialias)
         set_model_preprocess_cfg(model, {**preprocess, "size": model.visual.image_size})
-    elif local_file:
-        load_clip_checkpoint(model, Path(pretrained).expanduser(), pos_embed_antialias)
+    elif local_path is not None:
+        resized = load_clip_checkpoint(model, local_path, pos_embed_antialias)
     tokenizer = open_clip.get_tokenizer(model_name)
-    return ClipBackbone(model, spec, tokenizer).to(device)
+    return ClipBackbone(model, spec, tokenizer, weights_resized=resized).to(device)
+
+
+def shipped_weights(model_name: str, pretrained: str | None) -> Path | None:
+    """The package's file for a shipped (architecture, tag) such as ``("clipad-tiny-ViT",
+    "clipad-synthetic")``, None for any other tag; a shipped tag whose file is gone fails
+    saying how to remake it."""
+    path = SHIPPED_WEIGHTS.get((model_name, pretrained))
+    if path is None:
+        if any(tag == pretrained for _name, tag in SHIPPED_WEIGHTS):
+            names = ", ".join(name for name, tag in SHIPPED_WEIGHTS if tag == pretrained)
+            raise BackboneError(f"the shipped weights {pretrained!r} exist for {names} only, not {model_name!r}")
+        return None
+    if not path.is_file():
+        raise BackboneError(f"the shipped weights {model_name}/{pretrained} are missing ({path}); reinstall the "
+                            "package or remake them with scripts/pretrain_tiny_clip.py")
+    return path
