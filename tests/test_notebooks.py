@@ -180,3 +180,16 @@ def test_the_adaclip_analyses_notebook_draws_its_figures_and_widgets(tmp_path, s
     widgets = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {}) and "VBox" in o["data"]["text/plain"]]
     assert len(widgets) == 3
+
+
+def test_the_tiny_clip_notebook_shows_the_shipped_model(tmp_path, synthetic_root):
+    """Notebook 01 without retraining: the corpus and training figures, the shipped file's
+    held-out figures equal to its log's, and a zero-shot table where the shipped model beats
+    random init."""
+    [result] = run_notebooks(["01_pretrain_tiny_clip"], "smoke", {"eval_categories": ["weave"]},
+                             results_root=tmp_path, progress=False)
+    assert result.ok, result.error
+    for figure in ("01_corpus_samples", "01_pretraining_loss", "01_pretraining_zero_shot"):
+        assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "tables" / "01_zero_shot_tiny_clip.csv").set_index(["weights", "method"])
+    assert table.loc[("clipad-synthetic", "winclip"), "image_auroc"] > table.loc[("random init", "winclip"), "image_auroc"]
