@@ -44,9 +44,13 @@ class ImageTransform:
             raise DatasetError(f"expected an [H, W, 3] uint8 image, got {image.shape} {image.dtype}")
         resized = Image.fromarray(image).resize((self.size, self.size), _INTERPOLATIONS[self.interpolation])
         tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (tensor - mean) / std
+        return self.normalize(tensor[None])[0]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> normalized with this transform's mean and std (no resize)."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
 
     def mask(self, mask: np.ndarray | None) -> torch.Tensor:
         """[H, W] bool (or None = all normal) -> [size, size] bool."""

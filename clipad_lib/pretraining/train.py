@@ -28,6 +28,7 @@ from open_clip.transformer import PatchDropout
 from sklearn.metrics import roc_auc_score
 
 from ..backbones import clip as clip_backbones  # registers the clipad-tiny-* configs
+from ..data.transforms import ImageTransform
 from ..io import UMASK, atomic_write
 from . import corpus
 
@@ -86,14 +87,12 @@ def build_model(config: PretrainConfig) -> torch.nn.Module:
         return open_clip.create_model(config.model_name, pretrained=None, force_image_size=config.image_size)
 
 
-class _Normalizer:
-    def __init__(self, model):
-        preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
-        self.mean = torch.tensor(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
-        self.std = torch.tensor(preprocess.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
+def _normalizer(model) -> ImageTransform:
+    """The model's own mean/std (open_clip's preprocess config; CLIP's by default)."""
+    preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
+    return ImageTransform(int(model.visual.image_size[0]),
+                          mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                          std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)))
 
 
 class _Tokens:
@@ -142,7 +141,7 @@ def evaluate(model, heldout: corpus.PairPool, config: PretrainConfig, tokens: _T
     was_training = model.training
     model.eval()
     tokens = tokens or _Tokens(config.model_name)
-    normalize = _Normalizer(model)
+    normalize = _normalizer(model).normalize
     device = next(model.parameters()).device
 
     def text(captions: list[str]) -> torch.Tensor:
@@ -200,7 +199,7 @@ def _pretrain(config: PretrainConfig, progress: Callable | None) -> tuple[torch.
         model.visual.patch_dropout = PatchDropout(config.patch_dropout)
     train_pool = corpus.make_pool(config.pairs_per_category, config.seed, config.image_size, split=0)
     heldout = corpus.make_pool(config.heldout_pairs_per_category, config.seed, config.image_size, split=1)
-    tokens, normalize = _Tokens(config.model_name), _Normalizer(model)
+    tokens, normalize = _Tokens(config.model_name), _normalizer(model).normalize
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     loss_fn = ClipLoss()
