@@ -5,7 +5,7 @@ import torch
 from clipad_lib.data.transforms import ImageTransform
 from clipad_lib.engine import evaluate_detector, fit_few_shot, run_few_shot
 from clipad_lib.methods import FitData, CLIPPatchMemoryConfig, CLIPPatchMemoryDetector
-from clipad_lib.methods.clip_patch_memory import greedy_coreset
+from clipad_lib.methods.memory_bank import approximate_greedy_coreset, nearest_distances
 
 SMOKE = dict(backbone="clipad-tiny-ViT", pretrained=None, image_size=128, layers=(2, 4, 6, 8))
 
@@ -48,7 +48,7 @@ def test_same_seed_same_maps(detector, synthetic_train, synthetic_test):
 
 def test_coreset_picks_spread_out_points():
     points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [0.0, 10.0], [10.1, 0.0]])
-    chosen = greedy_coreset(points, 3, projection_dim=128, seed=0)
+    chosen = approximate_greedy_coreset(points, 3, projection_dim=128, seed=0)
     assert len(set(chosen.tolist())) == 3
     groups = {0: 0, 1: 0, 2: 1, 4: 1, 3: 2}
     assert {groups[i] for i in chosen.tolist()} == {0, 1, 2}
@@ -72,3 +72,16 @@ def test_misuse_fails_clearly(tiny_backbone):
     with pytest.raises(ValueError, match="coreset_ratio"):
         CLIPPatchMemoryConfig(coreset_ratio=0)
     assert isinstance(detector.transform, ImageTransform) and detector.transform.size == 64
+
+
+def test_nearest_distances_match_a_brute_force_search():
+    generator = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(7, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    brute = ((queries[:, None] - bank[None]) ** 2).sum(-1).sqrt().sort(dim=1).values
+    torch.testing.assert_close(nearest_distances(queries, bank, k=3), brute[:, :3])
+    torch.testing.assert_close(nearest_distances(queries, bank, k=2, squared=True), brute[:, :2] ** 2)
+    assert nearest_distances(queries, bank, k=50).shape == (7, 11)  # k is clipped to the bank
+    with pytest.raises(ValueError, match="channels"):
+        nearest_distances(queries, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="coreset of 9 rows"):
+        approximate_greedy_coreset(bank[:4], 9)

@@ -7,6 +7,7 @@ import pytest
 
 from clipad_lib.engine import (Experiment, FewShotProtocol, Variant, ZeroShotPair, ZeroShotProtocol, adaclip_protocol,
                                anomalyclip_protocol, notebook_context, variants)
+from clipad_lib.data.auxiliary import ZeroShotViolation
 from clipad_lib.methods import method_entry
 
 ADACLIP_DATASETS = ["mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "headct", "brainmri", "br35h", "isic",
@@ -101,3 +102,40 @@ def test_a_bad_variant_fails_before_anything_runs():
         Experiment("adaclip", adaclip_protocol(["visa"]), variants=variants({"typo": {"prompt_depthh": 2}}))
     with pytest.raises(KeyError, match="not a test set of this protocol"):
         adaclip_protocol(["visa"]).train_data_of("mpdd")
+
+
+def test_full_shot_runs_fit_on_every_normal_training_image(tmp_path, synthetic_root, synthetic_train):
+    ctx = notebook_context("smoke", results_dir=tmp_path, quiet=True)
+    protocol = FewShotProtocol(("synthetic",), ("full",), (0,), ("pill",))
+    result = ctx.run(Experiment("patchcore", protocol, changes=method_entry("patchcore").smoke_changes))
+    (record,) = result.records
+    normals = [r for r in synthetic_train.subset(category="pill").records if r.label == 0]
+    assert record.setting == "full-shot" and len(record.identity["references"]) == len(normals)
+    assert (tmp_path / "records" / "patchcore-fullshot").is_dir()
+    assert (tmp_path / "kshot" / "synthetic" / "pill" / "kfull-seed0.json").is_file()
+    with pytest.raises(ValueError, match="shots must be positive numbers or 'full'"):
+        FewShotProtocol(("synthetic",), (0,), (0,))
+
+
+def test_a_few_shot_method_that_trains_on_auxiliary_data_trains_once_and_records_it(tmp_path, synthetic_root):
+    ctx = notebook_context("smoke", results_dir=tmp_path, quiet=True)
+    test, auxiliary = ctx.subset("test-part", "synthetic", ["pill"]), ctx.subset("aux-part", "synthetic", ["tile"])
+    protocol = FewShotProtocol((test,), (1, 2), (0,), auxiliary={test: (auxiliary,)})
+    experiment = Experiment("aprilgan", protocol, changes={**method_entry("aprilgan").smoke_changes, "epochs": 1})
+    result = ctx.run(experiment)
+    assert result.trainings == 1  # one model for both shot counts
+    assert {(r.setting, r.train_data, r.category) for r in result.records} == {("1-shot", "synthetic", "pill"),
+                                                                                ("2-shot", "synthetic", "pill")}
+    assert all(r.identity["auxiliary"][0]["dataset"] == "synthetic" for r in result.records)
+    again = notebook_context("smoke", results_dir=tmp_path, resume=True, quiet=True)
+    again.subset("test-part", "synthetic", ["pill"]), again.subset("aux-part", "synthetic", ["tile"])
+    reread = again.run(experiment)
+    assert reread.trainings == 0 and reread.reused == 2
+    # Methods that do not train on auxiliary data ignore it.
+    memory = ctx.run(Experiment("clip_patch_memory", protocol, changes=method_entry("clip_patch_memory").smoke_changes))
+    assert memory.trainings == 0 and {r.train_data for r in memory.records} == {""}
+    overlapping = FewShotProtocol((test,), (1,), (0,), auxiliary={test: (test,)})
+    with pytest.raises(ZeroShotViolation):
+        ctx.run(Experiment("aprilgan", overlapping, changes=method_entry("aprilgan").smoke_changes))
+    with pytest.raises(ValueError, match="not in"):
+        FewShotProtocol((test,), (1,), (0,), auxiliary={"elsewhere": (auxiliary,)})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .kshot import read_k_shot_list, sample_k_shot, write_k_shot_list
+from .kshot import FULL_SHOT, read_k_shot_list, sample_k_shot, write_k_shot_list
 from .manifest import Counts, Manifest, VerificationReport, list_manifests, load_manifest, read_split, verify_dataset
 from .sample import ANOMALOUS, NORMAL, AnomalyDataset, DatasetError, Sample, SampleRecord, load_image, load_sample
 from .synthetic import SyntheticSpec, ensure_synthetic_dataset
@@ -32,5 +32,5 @@ __all__ = [
     "ANOMALOUS", "NORMAL", "SYNTHETIC", "AnomalyDataset", "Counts", "DatasetError", "Manifest", "Sample",
     "SampleRecord", "SyntheticSpec", "VerificationReport", "dataset_root", "ensure_synthetic_dataset",
     "list_manifests", "load_dataset", "load_image", "load_manifest", "load_sample", "read_k_shot_list",
-    "read_split", "sample_k_shot", "verify_dataset", "write_k_shot_list",
+    "FULL_SHOT", "read_split", "sample_k_shot", "verify_dataset", "write_k_shot_list",
 ]

@@ -10,13 +10,22 @@ import numpy as np
 from ..io import atomic_write
 from .sample import NORMAL, AnomalyDataset, DatasetError, SampleRecord
 
+# k = FULL_SHOT: every normal training image of the category (the full-shot setting of PatchCore,
+# PaDiM, CDO: AdaCLIP supp. Tab. 8, CLIP-FSAC++ Tab. IV).
+FULL_SHOT = "full"
 
-def sample_k_shot(train: AnomalyDataset, category: str, k: int, seed: int) -> list[SampleRecord]:
+
+def sample_k_shot(train: AnomalyDataset, category: str, k: int | str, seed: int) -> list[SampleRecord]:
     """Draw ``k`` normal training images of ``category`` without replacement.
 
     The draw is from the path-sorted list with a generator seeded by (seed, category), so the
     same seed always picks the same files, whatever other categories the dataset holds.
+    ``k = FULL_SHOT`` ("full") returns every normal training image (the seed plays no part).
     """
+    if k == FULL_SHOT:
+        k = len([r for r in train.subset(category=category).records if r.label == NORMAL]) or 1
+    elif not isinstance(k, int) or isinstance(k, bool):
+        raise DatasetError(f"k must be a number of shots or {FULL_SHOT!r} (every normal training image), got {k!r}")
     if k < 1:
         raise DatasetError(f"k must be at least 1, got {k}")
     candidates = [r for r in train.subset(category=category).records if r.label == NORMAL]

@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from ..data import AnomalyDataset, sample_k_shot, write_k_shot_list
+from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
 from ..results import RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
@@ -40,11 +41,16 @@ def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: in
 def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyDataset, root: Path, k: int,
                  seeds: Sequence[int], results_dir: Path, categories: Sequence[str] | None = None,
                  resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
-                 keep_evaluations: bool = False, variant: str = "") -> FewShotRun:
+                 keep_evaluations: bool = False, variant: str = "", auxiliary: Sequence[AnomalyDataset] = (),
+                 fit_auxiliary: Callable[[], None] | None = None) -> FewShotRun:
     """Evaluate ``detector`` k-shot on every (category, seed) and write one run record each.
 
     ``variant`` names an ablation of the method ("" for the method as configured); it is a field of
     every record, beside the setting ("4-shot").
+
+    ``auxiliary``: the annotated datasets of other categories the detector trains on before the
+    shots (``fit_auxiliary`` trains it, called before the first run that is not read back); they
+    are refused if they share a category with ``test``, and recorded as the runs' ``train_data``.
 
     The reference lists are written to ``results_dir/kshot/<dataset>/<category>/k<k>-seed<s>.json``
     so any number can be re-run on exactly the same references. With ``resume``, a run whose
@@ -54,6 +60,10 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
     setting = few_shot_setting(k)
     label = f"{setting} {variant}" if variant else setting
     protocol = evaluation_protocol(detector, aupro_variant)
+    auxiliary = list(auxiliary)
+    check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
+    train_data = "+".join(d.name for d in auxiliary)
+    training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
     jobs = [(c, s) for c in (categories or test.categories) for s in seeds]
     for category, seed in tqdm(jobs, desc=f"{detector.name} {label} on {test.name}"):
         references = sample_k_shot(train, category, k, seed)
@@ -65,8 +75,12 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
             "references": [str(r.image_path.relative_to(root)) for r in references],
             "k": k,
         }
+        if auxiliary:
+            identity["auxiliary"] = training_identity
 
         def run() -> RunOutcome:
+            if fit_auxiliary is not None:
+                fit_auxiliary()
             start = time.perf_counter()
             fit_on_references(detector, references, seed)
             fit_seconds = time.perf_counter() - start
@@ -77,7 +91,7 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
             return RunOutcome(evaluation.metrics, {"fit_s": fit_seconds, **evaluation.timings})
 
         spec = RunSpec(method=detector.name, setting=setting, variant=variant, dataset=test.name, category=category,
-                       seed=seed, config=detector.config, protocol=protocol, identity=identity)
+                       seed=seed, config=detector.config, protocol=protocol, identity=identity, train_data=train_data)
         record, reused = run_recorded(spec, run, results_dir=results_dir, device=device, resume=resume)
         outcome.records.append(record)
         outcome.reused += int(reused)

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data import AnomalyDataset
+from ..data import FULL_SHOT, AnomalyDataset
 from ..methods import create_detector, method_entry
-from ..methods.base import Detector
+from ..methods.base import Detector, FitData
 from ..results import RunRecord, records_frame
 from .fewshot import run_few_shot
 from .zeroshot import run_zero_shot
@@ -110,10 +110,32 @@ def anomalyclip_protocol(test_datasets: Sequence[str], seeds: Sequence[int] = (0
 
 @dataclass(frozen=True)
 class FewShotProtocol:
+    """datasets x shots x seeds: each (category, seed) fits the method on k normal shots and tests it.
+
+    ``shots`` holds numbers of shots or ``"full"`` (every normal training image: full-shot).
+    ``auxiliary`` is for methods that also train on annotated data of *other* categories before the
+    shots (APRIL-GAN's few-shot branch): test dataset -> the datasets its model trains on, once for
+    every shot and seed of that dataset; methods that do not train on auxiliary data ignore it.
+    """
+
     datasets: tuple[str, ...]
-    shots: tuple[int, ...]
+    shots: tuple[int | str, ...]
     seeds: tuple[int, ...]
     categories: tuple[str, ...] | None = None  # None: every category
+    auxiliary: Mapping[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self):
+        for k in self.shots:
+            if k != FULL_SHOT and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+                raise ValueError(f"shots must be positive numbers or {FULL_SHOT!r}, got {list(self.shots)}")
+        if self.auxiliary is not None:
+            unknown = set(self.auxiliary) - set(self.datasets)
+            if unknown:
+                raise ValueError(f"auxiliary names test datasets {sorted(unknown)} that are not in {list(self.datasets)}")
+            object.__setattr__(self, "auxiliary", {name: tuple(train) for name, train in self.auxiliary.items()})
+
+    def auxiliary_of(self, dataset: str) -> tuple[str, ...]:
+        return tuple((self.auxiliary or {}).get(dataset, ()))
 
 
 @dataclass(frozen=True)
@@ -206,6 +228,23 @@ class ExperimentResult:
         return frame.assign(label=frame["variant"].map(labels).fillna(""))
 
 
+@dataclass
+class _AuxiliaryModel:
+    """A few-shot detector that first trains on auxiliary data: trained at most once, when needed."""
+
+    detector: Detector
+    datasets: list[AnomalyDataset]
+    seed: int
+    result: "ExperimentResult"
+    trained: bool = False
+
+    def fit(self) -> None:
+        if not self.trained:
+            self.detector.fit(FitData(auxiliary=self.datasets, seed=self.seed))
+            self.trained = True
+            self.result.trainings += 1
+
+
 def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Path, resume: bool = False,
                    device: str = "cpu", batch_size: int = 8, aupro_variant: str = "mvtec",
                    keep_detectors: bool = False) -> ExperimentResult:
@@ -216,6 +255,7 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
     """
     result = ExperimentResult(experiment)
     protocol = experiment.protocol
+    auxiliary_models: dict[tuple[str, str], _AuxiliaryModel] = {}
     for job in tqdm(experiment.jobs(), desc=f"{experiment.method} grid", leave=False):
         variant = job.variant
         if job.pair is not None:
@@ -228,12 +268,23 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
             result.trainings += int(run.trained)
             key = (variant.name, job.pair.train_data, job.seed)
         else:
-            detector = experiment.detector(variant, job.dataset, device=device)
             train, root = data.dataset(job.dataset, "train", protocol.categories)
             test, _ = data.dataset(job.dataset, "test", protocol.categories)
+            auxiliary_names = protocol.auxiliary_of(job.dataset) if experiment.trains_on_auxiliary else ()
+            if auxiliary_names:  # one model per (variant, dataset), trained once, before its first computed run
+                trained_key = (variant.name, job.dataset)
+                if trained_key not in auxiliary_models:
+                    auxiliary_models[trained_key] = _AuxiliaryModel(
+                        experiment.detector(variant, job.dataset, device=device),
+                        [data.dataset(name)[0] for name in auxiliary_names], protocol.seeds[0], result)
+                model = auxiliary_models[trained_key]
+                detector, auxiliary, prepare = model.detector, model.datasets, model.fit
+            else:
+                detector, auxiliary, prepare = experiment.detector(variant, job.dataset, device=device), (), None
             run = run_few_shot(detector, train=train, test=test, root=root, k=job.shots, seeds=protocol.seeds,
                                results_dir=results_dir, resume=resume, batch_size=batch_size,
-                               aupro_variant=aupro_variant, device=device, variant=variant.name)
+                               aupro_variant=aupro_variant, device=device, variant=variant.name,
+                               auxiliary=auxiliary, fit_auxiliary=prepare)
             key = (variant.name, job.dataset, job.shots)
         result.records += run.records
         result.reused += run.reused

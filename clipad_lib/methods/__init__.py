@@ -11,8 +11,12 @@ from .winclip import WinCLIPConfig, WinCLIPDetector
 from .clip_patch_memory import CLIPPatchMemoryConfig, CLIPPatchMemoryDetector
 from .clip_fsac import CLIPACConfig, CLIPACDetector, CLIPFSACConfig, CLIPFSACDetector
 from .linear_heads import LinearHeadsConfig, LinearHeadsDetector, SAMLinearHeadsConfig
+from .patchcore import PatchCoreConfig, PatchCoreDetector
+from .padim import PaDiMConfig, PaDiMDetector
+from .spade import SPADEConfig, SPADEDetector
 
 __all__ = ["FIT_KINDS", "AdaCLIPConfig", "AdaCLIPDetector", "AprilGANConfig", "AprilGANDetector", "CLIPACConfig",
-           "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "HSFView", "LinearHeadsConfig", "LinearHeadsDetector", "MethodEntry", "SAMLinearHeadsConfig",
+           "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "HSFView", "LinearHeadsConfig", "LinearHeadsDetector", "MethodEntry", "PaDiMConfig", "PaDiMDetector", "PatchCoreConfig", "PatchCoreDetector",
+           "SAMLinearHeadsConfig", "SPADEConfig", "SPADEDetector",
            "CLIPPatchMemoryConfig", "CLIPPatchMemoryDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector", "create_detector",
            "gaussian_smooth", "list_methods", "method_entry", "register_method", "upsample_maps"]

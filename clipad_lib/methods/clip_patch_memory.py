@@ -19,6 +19,7 @@ from ..data.transforms import ImageTransform
 from ..validation import Interval, Options, ValidatedConfig
 from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, SMOOTHING_BOUNDARIES, Detector, FitData,
                    Prediction, check_layers, gaussian_smooth, upsample_maps)
+from .memory_bank import nearest_distances, subsample
 from .registry import register_method
 
 DISTANCES = ("cosine", "euclidean")
@@ -41,6 +42,7 @@ class CLIPPatchMemoryConfig(ValidatedConfig):
     # in full-shot); 1.0 keeps all, which is what few-shot memories of 1-8 images need.
     coreset_ratio: float = 1.0
     coreset_projection_dim: int = 128  # random projection for coreset distances (PatchCore supp. A)
+    # (the selection is memory_bank.approximate_greedy_coreset, PatchCore's official sampler)
     # Gaussian smoothing of the final map, sigma = 4 px (PatchCore §4.1; AdaCLIP uses the same).
     gaussian_sigma: float = 4.0
     # scipy.ndimage.gaussian_filter's boundary (edge repeated), as the official PatchCore code
@@ -61,26 +63,6 @@ class CLIPPatchMemoryConfig(ValidatedConfig):
         check_layers(self, "layers")
         if self.neighbourhood % 2 == 0:
             self.fail("neighbourhood", "expected an odd number (the side of a centred window)")
-
-
-def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int, seed: int) -> torch.Tensor:
-    """Indices of ``count`` rows chosen by greedy k-center selection (PatchCore Alg. 1).
-
-    Distances are taken in a seeded random projection to ``projection_dim`` dimensions, as
-    PatchCore does, to keep selection cheap. features: [M, C]. Returns [count] int64.
-    """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    if features.shape[1] > projection_dim:
-        projection = torch.randn(features.shape[1], projection_dim, generator=generator).to(features)
-        features = features @ projection
-    start = int(torch.randint(features.shape[0], (1,), generator=generator))
-    chosen = [start]
-    min_distance = torch.linalg.vector_norm(features - features[start], dim=1)
-    for _ in range(count - 1):
-        index = int(torch.argmax(min_distance))
-        chosen.append(index)
-        min_distance = torch.minimum(min_distance, torch.linalg.vector_norm(features - features[index], dim=1))
-    return torch.tensor(chosen, dtype=torch.long)
 
 
 @register_method("clip_patch_memory", display_name="CLIP patch memory (PatchCore-style, CLIP tokens)", config=CLIPPatchMemoryConfig, fits_on=("references",),
@@ -130,20 +112,15 @@ class CLIPPatchMemoryDetector(Detector):
             for layer, feats in enumerate(self._features(references[start:start + self.config.batch_size])):
                 per_layer[layer].append(feats.reshape(-1, feats.shape[-1]))
         memory = [torch.cat(chunks) for chunks in per_layer]
-        if self.config.coreset_ratio < 1.0:
-            memory = [
-                bank[greedy_coreset(bank, max(1, int(len(bank) * self.config.coreset_ratio)),
-                                    self.config.coreset_projection_dim, self.config.seed).to(bank.device)]
-                for bank in memory
-            ]
-        self.memory = memory
+        self.memory = [subsample(bank, self.config.coreset_ratio, self.config.coreset_projection_dim,
+                                 seed=self.config.seed) for bank in memory]
         return self
 
     def _nearest_distance(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """[Q, C] queries vs [M, C] memory -> [Q] distance to the nearest memory row."""
         if self.config.distance == "cosine":
             return 1.0 - (queries @ bank.T).max(dim=1).values
-        return torch.cdist(queries, bank).min(dim=1).values
+        return nearest_distances(queries, bank)[:, 0]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, class_names=None) -> Prediction:

@@ -81,12 +81,7 @@ REPORTED_ONLY = {
                    "with hand-made prompts — AdaCLIP Tab. 1-2, supp. Tab. 9-14"),
     "anomalyclip": ("AnomalyCLIP", "object-agnostic prompt learning (Zhou et al., ICLR 2024, arXiv:2310.18961) — "
                                    "AdaCLIP supp. Tab. 6-7, numbers quoted from its paper"),
-    "patchcore": ("PatchCore", "PatchCore on ImageNet WideResNet-50 features (Roth et al., CVPR 2022, "
-                               "arXiv:2106.08265); not the CLIP-token patch memory `clip_patch_memory` — "
-                               "AdaCLIP supp. Tab. 8, CLIP-FSAC++ Tab. I-III"),
     "cdo": ("CDO", "Collaborative Discrepancy Optimization (Cao et al., IEEE TII 2023), full-shot — AdaCLIP supp. Tab. 8"),
-    "padim": ("PaDiM", "PaDiM (Defard et al., ICPR 2020 workshops) — CLIP-FSAC++ Tab. I-III"),
-    "spade": ("SPADE", "SPADE (Cohen and Hoshen, arXiv:2005.02357) — CLIP-FSAC++ Tab. II-III"),
     "clip_fsac_conference": ("CLIP-FSAC", "CLIP-FSAC, the conference version of CLIP-FSAC++ — CLIP-FSAC++ Tab. I-III"),
     "graphcore": ("GraphCore", "GraphCore (Xie et al., ICLR 2023) — CLIP-FSAC++ Tab. II-III"),
     "regad": ("RegAD", "RegAD (Huang et al., ECCV 2022) — CLIP-FSAC++ Tab. III"),

@@ -62,16 +62,17 @@ class RunRecord:
 ZERO_SHOT = "zero-shot"
 
 
-def few_shot_setting(k: int) -> str:
-    """The setting of a k-shot run, as the papers' tables write it: ``"4-shot"``."""
-    return f"{int(k)}-shot"
+def few_shot_setting(k: int | str) -> str:
+    """The setting of a k-shot run, as the papers' tables write it: ``"4-shot"``; ``"full"`` (every
+    normal training image) -> ``"full-shot"``."""
+    return "full-shot" if k == "full" else f"{int(k)}-shot"
 
 
 def run_tag(setting: str, variant: str = "", train_data: str = "") -> str:
     """The folder name of a run's records: ``"4-shot"`` -> ``"4shot"``, a variant appended
     (``"4shot-losses-both"``); ``"zero-shot"`` stays as it is. Only paths use it."""
     shots = setting.removesuffix("-shot")
-    tag = f"{shots}shot" if shots.isdigit() else setting
+    tag = f"{shots}shot" if shots.isdigit() or shots == "full" else setting
     trained = f"on-{train_data}" if train_data else ""
     return "-".join(part for part in (tag, variant, trained) if part)
 
