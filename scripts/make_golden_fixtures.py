@@ -5,8 +5,9 @@ at run time from there, never copied here):
 
     python scripts/make_golden_fixtures.py --adaclip /path/to/AdaCLIP --aprilgan /path/to/VAND-APRIL-GAN
     python scripts/make_golden_fixtures.py --anomalib-python /path/to/anomalib-venv/bin/python
+    python scripts/make_golden_fixtures.py --anomalyclip /path/to/AnomalyCLIP
 
-(any subset of the three). WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
+(any subset of them). WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
 separate virtual environment holding anomalib and an open_clip older than 2.26.1 (under open_clip 3.x
 its window embeddings are wrong); that worker imports neither clipad_lib nor this venv's open_clip.
 
@@ -26,6 +27,16 @@ Run-time patches (recorded in each fixture's metadata): AdaCLIP's ``PromptLayer.
 ``forward_visual`` run with ``Tensor.half`` made the identity (its fp16 cast of the prompt tokens);
 APRIL-GAN's ``VisionTransformer.forward`` runs with ``Tensor.to('cuda')`` sent to the CPU. Both run
 on CPU in fp32, where their ``torch.cuda.amp.autocast`` is inactive.
+
+AnomalyCLIP (zqhang/AnomalyCLIP): ``AnomalyCLIP_lib.load(<the shared weights file>)`` as its test.py
+(the file path is accepted as is: no download), ``AnomalyCLIP_PromptLearner`` loaded strictly from the
+official-layout checkpoint, ``DAPM_replace`` and the per-image inference of its test.py restated.
+It runs at ViT-B-16's native 224 px (its bilinear positional-embedding resize is not clipad's
+bicubic one; see the method's docstring), with ``DPAM_layer`` = ``ANOMALYCLIP['dpam_blocks'] + 1``
+(test.py's fixed 20 needs 20 blocks). Run-time patches: empty stand-ins for the modules ``thop``
+(imported, never used) and ``pkg_resources`` (only its ``packaging``, given the installed one);
+``torch.jit.load`` raising inside ``AnomalyCLIP_lib.load``, so that it takes its own state-dict branch.
+Its deep prompts are drawn at fp16 precision, so its ``.half()`` cast of them is lossless on CPU.
 
 WinCLIP (anomalib): ``open_clip.create_model_and_transforms`` is wrapped to build the architecture
 without weights and load the shared ``build_clip(WINCLIP_MODEL, init_seed=CLIP_SEED)`` state dict
@@ -65,6 +76,10 @@ WINCLIP_MODEL = "ViT-B-16-plus-240"  # anomalib's BACKBONE (its pretrained tag l
 WINCLIP = {"image_size": 240, "class_name": "bottle", "scales": [2, 3], "reference_seed": 4, "k_shot": 1,
            "stride": 5,        # every 5th window / patch of the embedding stages is stored
            "pixel_stride": 3}  # rows and columns 0, 3, ..., 237 and 239 of the maps (all 16 bilinear phases)
+ANOMALYCLIP = {"image_size": 224, "layers": [3, 6, 9, 12], "prompt_length": 12, "deep_prompt_depth": 9,
+               "deep_prompt_length": 4, "dpam_blocks": 9, "sigma": 4, "seed": 5, "image_seed": 6,
+               "projection_width": 896}  # its unused compound_prompt_projections: Linear(width, 896)
+ANOMALYCLIP_SENTENCES = ("object.", "damaged object.")  # after prompt_length placeholder words "X"
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 
@@ -100,6 +115,14 @@ def official_layout(method: str) -> list[tuple[str, tuple[int, ...], str]]:
     elif method == "aprilgan":
         rows = []
         linears = [(f"fc.{i}", WIDTH, EMBED_DIM) for i in range(len(LAYERS))]
+    elif method == "anomalyclip":  # the learnable tensors of its AnomalyCLIP_PromptLearner (text width 512)
+        settings, text_width = ANOMALYCLIP, EMBED_DIM
+        context = (1, 1, settings["prompt_length"], text_width)
+        rows = [("ctx_pos", context, "prompt"), ("ctx_neg", context, "prompt")]
+        rows += [(f"compound_prompts_text.{i}", (settings["deep_prompt_length"], text_width), "prompt")
+                 for i in range(settings["deep_prompt_depth"] - 1)]
+        linears = [(f"compound_prompt_projections.{i}", text_width, settings["projection_width"])
+                   for i in range(settings["deep_prompt_depth"] - 1)]
     else:
         raise ValueError(method)
     for name, fan_in, fan_out in linears:
@@ -107,15 +130,46 @@ def official_layout(method: str) -> list[tuple[str, tuple[int, ...], str]]:
     return rows
 
 
-def official_checkpoint(method: str, seed: int) -> dict:
+def official_checkpoint(method: str, seed: int, clip_state: dict | None = None) -> dict:
     """Seeded random learnable tensors in the official checkpoint format (prompts N(0, 0.02²) as the
-    official init; linear weights N(0, 1/fan_in); biases N(0, 0.02²))."""
+    official init; linear weights N(0, 1/fan_in); biases N(0, 0.02²)).
+
+    AnomalyCLIP's checkpoint also holds its prompt learner's frozen buffers, made here from
+    ``clip_state`` (the shared CLIP) as its ``__init__`` makes them: see :func:`anomalyclip_buffers`;
+    its prompts are rounded to fp16 precision (its text blocks cast the deep prompts with ``.half()``).
+    """
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for key, shape, kind in official_layout(method):
         scale = shape[1] ** -0.5 if kind == "weight" else 0.02
         tensors[key] = torch.randn(shape, generator=generator) * scale
+        if method == "anomalyclip" and kind == "prompt":
+            tensors[key] = tensors[key].half().float()
+    if method == "anomalyclip":
+        if clip_state is None:
+            raise ValueError("the AnomalyCLIP checkpoint needs clip_state for its frozen buffers")
+        return {"prompt_learner": {**tensors, **anomalyclip_buffers(clip_state)}}
     return {"trainable_linearlayer": tensors} if method == "aprilgan" else tensors
+
+
+def anomalyclip_buffers(clip_state: dict) -> dict[str, torch.Tensor]:
+    """AnomalyCLIP_PromptLearner's buffers: the token ids [1, 1, 77] of "X X ... X object." and
+    "X ... X damaged object." and their token embeddings before (prefix, [1, 1, 1, W]) and after
+    (suffix) the placeholder words, looked up in ``clip_state['token_embedding.weight']`` with
+    open_clip's tokenizer (the worker checks that the official code makes the same)."""
+    import open_clip
+
+    length = ANOMALYCLIP["prompt_length"]
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    table = clip_state["token_embedding.weight"]
+    buffers = {}
+    for state, sentence in zip(("pos", "neg"), ANOMALYCLIP_SENTENCES):
+        tokens = tokenizer([" ".join(["X"] * length + [sentence])])  # [1, 77]
+        embedding = table[tokens]  # [1, 77, W]
+        buffers[f"token_prefix_{state}"] = embedding[None, :, :1].clone()
+        buffers[f"token_suffix_{state}"] = embedding[None, :, 1 + length:].clone()
+        buffers[f"tokenized_prompts_{state}"] = tokens[None].to(torch.int32)
+    return buffers
 
 
 def images_uint8(seed: int = IMAGE_SEED, size: int = IMAGE_SIZE, block: int = 8) -> np.ndarray:
@@ -306,6 +360,109 @@ def _aprilgan_worker(repo: Path, work: Path) -> None:
     np.savez(work / "aprilgan_out.npz", **out)
 
 
+def _anomalyclip_worker(repo: Path, work: Path) -> None:
+    import types
+
+    import packaging.version
+
+    sys.path.insert(0, str(repo))
+    # Its modules import thop (never used) and pkg_resources (for packaging.version only), which
+    # this venv lacks: stand-ins, recorded in the fixture's metadata.
+    sys.modules.setdefault("thop", types.SimpleNamespace(profile=None))
+    sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))
+    import AnomalyCLIP_lib
+    from prompt_ensemble import AnomalyCLIP_PromptLearner
+    from scipy.ndimage import gaussian_filter
+
+    settings = ANOMALYCLIP
+    parameters = {"Prompt_length": settings["prompt_length"],
+                  "learnabel_text_embedding_depth": settings["deep_prompt_depth"],
+                  "learnabel_text_embedding_length": settings["deep_prompt_length"]}
+    def not_torchscript(*args, **kwargs):  # its fallback to torch.load re-reads a file jit.load has consumed
+        raise RuntimeError("not a TorchScript archive")
+
+    # test.py's setup, on the shared weights (a file path: no download), loaded as a state dict
+    with _Patched(torch.jit, "load", not_torchscript):
+        model, _ = AnomalyCLIP_lib.load(str(work / "clip.pt"), device="cpu", design_details=parameters)
+    model.eval()
+    prompt_learner = AnomalyCLIP_PromptLearner(model.to("cpu"), parameters)
+    own = {k: v.clone() for k, v in prompt_learner.state_dict().items() if k.startswith(("token", "tokenized"))}
+    checkpoint = torch.load(work / "anomalyclip_official.pth")
+    prompt_learner.load_state_dict(checkpoint["prompt_learner"])  # strict, as its test.py
+    for key, value in own.items():  # the buffers its __init__ made are the ones the checkpoint holds
+        assert value.dtype == checkpoint["prompt_learner"][key].dtype, key
+        assert torch.equal(value, checkpoint["prompt_learner"][key]), key
+    model.visual.DAPM_replace(DPAM_layer=settings["dpam_blocks"] + 1)
+    gelu = sorted({type(m).__name__ for m in model.modules() if "GELU" in type(m).__name__})
+
+    with torch.no_grad():
+        prompts, tokenized_prompts, compound_prompts_text = prompt_learner(cls_id=None)
+        text_features = model.encode_text_learn(prompts, tokenized_prompts, compound_prompts_text).float()
+        text_features = torch.stack(torch.chunk(text_features, dim=0, chunks=2), dim=1)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)  # [1, 2, D]
+        images = torch.load(work / "anomalyclip_images.pt")
+        size = images.shape[-1]
+        embeddings, scores, raw, smoothed = [], [], [], []
+        similarities = [[] for _ in settings["layers"]]
+        for i in range(len(images)):  # its test.py: batch size 1
+            image_features, patch_features = model.encode_image(images[i:i + 1], settings["layers"],
+                                                                DPAM_layer=settings["dpam_blocks"] + 1)
+            image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+            embeddings.append(image_features)
+            text_probs = (image_features @ text_features.permute(0, 2, 1) / 0.07).softmax(-1)
+            scores.append(float(text_probs[:, 0, 1]))
+            anomaly_map_list = []
+            for j, patch_feature in enumerate(patch_features):
+                patch_feature = patch_feature / patch_feature.norm(dim=-1, keepdim=True)
+                similarity, _ = AnomalyCLIP_lib.compute_similarity(patch_feature, text_features[0])
+                similarities[j].append(similarity[:, 1:, :])
+                similarity_map = AnomalyCLIP_lib.get_similarity_map(similarity[:, 1:, :], size)
+                anomaly_map_list.append((similarity_map[..., 1] + 1 - similarity_map[..., 0]) / 2.0)
+            anomaly_map = torch.stack(anomaly_map_list).sum(dim=0)
+            raw.append(anomaly_map[0].numpy())
+            smoothed.append(gaussian_filter(anomaly_map[0].numpy(), sigma=settings["sigma"]))
+    out = {"text": text_features[0].numpy(), "image_embedding": torch.cat(embeddings).numpy(),
+           "image_score": np.array(scores, dtype=np.float32), "map_raw": np.stack(raw).astype(np.float32),
+           "map_smoothed": np.stack(smoothed).astype(np.float32), "gelu": np.array(gelu)}
+    for j in range(len(settings["layers"])):
+        out[f"patch_probabilities_{j}"] = torch.cat(similarities[j]).numpy()
+    np.savez(work / "anomalyclip_out.npz", **out)
+
+
+def _anomalyclip(repo: Path, work: Path, out: Path, command: str, commit: str) -> None:
+    """The official AnomalyCLIP code, in a subprocess on the shared weights -> anomalyclip.npz."""
+    settings = ANOMALYCLIP
+    clip = clip_state_dict()
+    torch.save(clip, work / "clip.pt")
+    images = images_uint8(settings["image_seed"], settings["image_size"])
+    torch.save(normalize_images(images), work / "anomalyclip_images.pt")
+    checkpoint = official_checkpoint("anomalyclip", settings["seed"], clip)
+    torch.save(checkpoint, work / "anomalyclip_official.pth")
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "anomalyclip",
+                    "--anomalyclip", str(repo.resolve()), "--work", str(work)], check=True)
+    result = dict(np.load(work / "anomalyclip_out.npz"))
+    import scipy
+    meta = {"method": "anomalyclip", "model": MODEL, "init_seed": CLIP_SEED, "rounding": ROUNDING,
+            "clip_sha256": state_digest(clip), "mean": list(MEAN), "std": list(STD), "command": command,
+            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "official_commit": commit, "checkpoint_seed": settings["seed"],
+            "checkpoint_sha256": state_digest(checkpoint["prompt_learner"]), **settings,
+            "sentences": list(ANOMALYCLIP_SENTENCES), "gelu": result.pop("gelu").tolist(),
+            "patches": ["sys.modules['thop'] = a stand-in (imported by AnomalyCLIP_lib/AnomalyCLIP.py, unused)",
+                        "sys.modules['pkg_resources'] = a stand-in holding the installed packaging",
+                        "torch.jit.load raises RuntimeError inside AnomalyCLIP_lib.load, so it takes its own "
+                        "state-dict branch (its fallback re-reads a file object jit.load has consumed)"],
+            "dpam": "model.visual.DAPM_replace(DPAM_layer=dpam_blocks + 1), encode_image(..., DPAM_layer="
+                    "dpam_blocks + 1) (test.py's 20 needs 20 blocks)",
+            "precision": "fp32 on CPU; prompts drawn at fp16 precision (its .half() of the deep prompts lossless)",
+            "inference": "its test.py per-image loop, restated in this script (its loop needs a dataset on disk)",
+            "resolution": "native 224 px: no positional-embedding resize on either side",
+            "smoothing": "scipy.ndimage.gaussian_filter(sigma=4) per map, as its test.py"}
+    result["images"] = images
+    np.savez_compressed(out / "anomalyclip.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **result)
+    print(f"wrote {out / 'anomalyclip.npz'} ({(out / 'anomalyclip.npz').stat().st_size} bytes)")
+
+
 def _winclip_worker(work: Path) -> None:
     """Runs under the anomalib venv's Python: imports anomalib and its open_clip, never clipad_lib."""
     from importlib import metadata
@@ -417,28 +574,37 @@ def main(argv=None) -> None:
     parser.add_argument("--aprilgan", type=Path, help="checkout of github.com/ByChelsea/VAND-APRIL-GAN")
     parser.add_argument("--adaclip-commit", help="commit id of the AdaCLIP checkout (default: git rev-parse)")
     parser.add_argument("--aprilgan-commit", help="commit id of the APRIL-GAN checkout (default: git rev-parse)")
+    parser.add_argument("--anomalyclip", type=Path, help="checkout of github.com/zqhang/AnomalyCLIP")
+    parser.add_argument("--anomalyclip-commit", help="commit id of the AnomalyCLIP checkout (default: git rev-parse)")
     parser.add_argument("--anomalib-python", type=Path,
                         help="Python of a venv with anomalib and open_clip_torch<2.26.1 (writes winclip.npz)")
     parser.add_argument("--out", type=Path, default=FIXTURES)
-    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip"), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "winclip":
         _winclip_worker(args.work)
+        return
+    if args.worker == "anomalyclip":
+        os.chdir(args.anomalyclip)
+        _anomalyclip_worker(args.anomalyclip.resolve(), args.work)
         return
     if args.worker:
         repo = args.adaclip if args.worker == "adaclip" else args.aprilgan
         os.chdir(repo)
         (_adaclip_worker if args.worker == "adaclip" else _aprilgan_worker)(repo.resolve(), args.work)
         return
-    if not (args.adaclip or args.aprilgan or args.anomalib_python):
-        parser.error("give --adaclip, --aprilgan and/or --anomalib-python")
+    if not (args.adaclip or args.aprilgan or args.anomalib_python or args.anomalyclip):
+        parser.error("give --adaclip, --aprilgan, --anomalyclip and/or --anomalib-python")
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         work = Path(tmp)
         if args.anomalib_python:
             _winclip(args.anomalib_python, work, args.out, command)
+        if args.anomalyclip:
+            _anomalyclip(args.anomalyclip, work, args.out, command,
+                         args.anomalyclip_commit or _commit(args.anomalyclip))
         if not (args.adaclip or args.aprilgan):
             return
         clip = clip_state_dict()

@@ -444,3 +444,94 @@ def test_winclip_paper_ensemble_departs_from_anomalib(winclip_golden, winclip_de
     with pytest.raises(StageMismatch) as caught:
         compare(final)
     assert caught.value.stage == "zero_shot_anomaly_map"
+
+
+# -- AnomalyCLIP (reference: the official zqhang/AnomalyCLIP code) ------------------------------
+#
+# tests/golden/anomalyclip.npz: the official prompt learner, text encoder and DPAM image encoder on
+# the shared ViT-B-16 weights at its native 224 px (no positional-embedding resize on either side),
+# the official-layout checkpoint drawn from ``checkpoint_seed`` (its frozen buffers made from the
+# shared weights), the per-image inference of its test.py (commit and patches in the metadata).
+
+@pytest.fixture(scope="module")
+def anomalyclip_golden():
+    return _fixture("anomalyclip")
+
+
+@pytest.fixture(scope="module")
+def anomalyclip_files(anomalyclip_golden, tmp_path_factory) -> tuple[Path, Path]:
+    """(the shared CLIP weights, the official-layout checkpoint), rebuilt and checked against the digests."""
+    meta, _ = anomalyclip_golden
+    folder = tmp_path_factory.mktemp("anomalyclip")
+    weights = _rebuilt_clip(meta, folder)
+    checkpoint = fixtures.official_checkpoint("anomalyclip", meta["checkpoint_seed"], torch.load(weights))
+    if fixtures.state_digest(checkpoint["prompt_learner"]) != meta["checkpoint_sha256"]:
+        raise StageMismatch("learnable_weights", "first differing stage: 'learnable_weights': the seeded "
+                            "official-layout AnomalyCLIP checkpoint does not rebuild to the fixture's digest")
+    torch.save(checkpoint, folder / "anomalyclip_official.pth")
+    return weights, folder / "anomalyclip_official.pth"
+
+
+def _anomalyclip(meta, files, **overrides):
+    from clipad_lib.methods.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPDetector
+
+    weights, checkpoint = files
+    settings = dict(backbone=meta["model"], pretrained=str(weights), image_size=meta["image_size"],
+                    layers=tuple(meta["layers"]), prompt_length=meta["prompt_length"],
+                    deep_prompt_depth=meta["deep_prompt_depth"], deep_prompt_length=meta["deep_prompt_length"],
+                    dpam_blocks=meta["dpam_blocks"], gaussian_sigma=float(meta["sigma"]))
+    config = AnomalyCLIPConfig(**{**settings, **overrides})
+    return AnomalyCLIPDetector(config).load_official_checkpoint(checkpoint)
+
+
+def anomalyclip_stages(detector, meta, data):
+    images = fixtures.normalize_images(data["images"])
+    text = functools.cache(lambda: detector.text_embeddings().detach())
+    features = functools.cache(lambda: detector.image_features(images))
+    predicted = functools.cache(lambda: detector.predict(images))
+
+    def probabilities(j):
+        with torch.no_grad():
+            return torch.softmax(features()[1][j] @ text().T / detector.config.temperature, dim=-1)
+
+    def raw_map():
+        with torch.no_grad():
+            maps = [detector.probability_maps(p, text(), images.shape[-1]) for p in features()[1]]
+        return sum((m[:, 1] + 1 - m[:, 0]) / 2 for m in maps)
+
+    return [
+        ("activation", lambda: [float(n == "QuickGELU") for n in _gelu(detector.backbone)],
+         [float(n == "QuickGELU") for n in meta["gelu"]]),
+        ("text_embeddings", text, data["text"]),
+        ("image_embedding", lambda: features()[0], data["image_embedding"]),
+        *[(f"patch_probabilities[{layer}]", (lambda j=j: probabilities(j)), data[f"patch_probabilities_{j}"])
+          for j, layer in enumerate(meta["layers"])],
+        ("anomaly_map_before_smoothing", raw_map, data["map_raw"]),
+        ("anomaly_map_smoothed", lambda: predicted().anomaly_maps, data["map_smoothed"]),
+        ("image_score", lambda: predicted().image_scores, data["image_score"]),
+    ]
+
+
+def test_anomalyclip_matches_official(anomalyclip_golden, anomalyclip_files):
+    meta, data = anomalyclip_golden
+    assert meta["gelu"] == ["QuickGELU"], "its model code builds QuickGELU blocks"
+    from clipad_lib.backbones import architecture
+
+    blocks = architecture(meta["model"]).layers
+    # one layer before the DPAM blocks (original path), the others inside them (DPAM path)
+    assert meta["layers"][0] <= blocks - meta["dpam_blocks"] < meta["layers"][1]
+    compare(anomalyclip_stages(_anomalyclip(meta, anomalyclip_files), meta, data))
+
+
+def test_anomalyclip_departures_are_caught(anomalyclip_golden, anomalyclip_files):
+    """Without DPAM the DPAM layers' maps differ (the plain layer before them still matches);
+    with ln_post on the class token the image embedding differs."""
+    meta, data = anomalyclip_golden
+    stages = anomalyclip_stages(_anomalyclip(meta, anomalyclip_files, dpam_blocks=0), meta, data)
+    with pytest.raises(StageMismatch) as caught:
+        compare(stages[:2] + stages[3:])
+    assert caught.value.stage == f"patch_probabilities[{meta['layers'][1]}]"
+    stages = anomalyclip_stages(_anomalyclip(meta, anomalyclip_files, image_ln_post=True), meta, data)
+    with pytest.raises(StageMismatch) as caught:
+        compare(stages)
+    assert caught.value.stage == "image_embedding"

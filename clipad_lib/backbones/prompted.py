@@ -24,6 +24,10 @@ blocks, which call PyTorch's fused attention (no attention weights are materiali
 The image side goes through :class:`ClipBackbone`'s public seams (input tokens, blocks, pooling);
 the text side reaches into open_clip's CLIP text tower, which only this package may do;
 open_clip is pinned in pyproject.toml.
+
+AnomalyCLIP's encoders live here too (:func:`encode_text_embeddings`, :func:`dpam_encode_image`):
+learnable word embeddings with deep prompts in the text tower, and a parallel V-V attention path
+in the last image blocks (DPAM).
 """
 from __future__ import annotations
 
@@ -31,11 +35,18 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .clip import BackboneError, ClipBackbone
 
 TEXT_PLACEMENTS = ("official", "paper")
+
+
+def _project_text(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The text tower's final projection of the end-of-text tokens [P, width] -> [P, D]."""
+    return model.text_projection(pooled) if isinstance(model.text_projection, nn.Linear) \
+        else pooled @ model.text_projection
 
 
 @dataclass(frozen=True)
@@ -213,11 +224,131 @@ class PromptedCLIP(nn.Module):
         x = model.ln_final(x)
         if prompted and paper:
             end_of_text = end_of_text + length
-        pooled = x[torch.arange(x.shape[0], device=x.device), end_of_text]
-        pooled = model.text_projection(pooled) if isinstance(model.text_projection, nn.Linear) \
-            else pooled @ model.text_projection
+        pooled = _project_text(model, x[torch.arange(x.shape[0], device=x.device), end_of_text])
         return pooled.reshape(images, sentences, -1) if dynamic is not None else pooled
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         """The prompt parameters (the backbone's own stay frozen)."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+
+
+# -- AnomalyCLIP (Zhou et al., ICLR 2024): a text tower fed with embeddings, and DPAM ----------
+#
+# AnomalyCLIP learns the *word embeddings* of its prompts ("[V1..VE] object.") and, in the first
+# text layers, token embeddings that overwrite positions 1..n (its deep compound prompts); its
+# image encoder runs the last blocks twice in parallel, once as CLIP and once with V-V attention
+# (Diagonally Prominent Attention Maps, DPAM). These functions give methods those two encoders.
+
+def text_token_embeddings(backbone: ClipBackbone, tokens: torch.Tensor) -> torch.Tensor:
+    """The frozen token embeddings [P, L, width] of tokenized sentences [P, L] (no positions added)."""
+    model = backbone.model
+    return model.token_embedding(tokens).to(model.transformer.get_cast_dtype())
+
+
+def encode_text_embeddings(backbone: ClipBackbone, embeddings: torch.Tensor, end_of_text: torch.Tensor,
+                           deep_prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """CLIP's text tower run from input embeddings instead of token ids.
+
+    Args:
+        embeddings: [P, L, width] word embeddings of P sentences (some of them learnable),
+            positions not yet added.
+        end_of_text: [P] index of each sentence's end-of-text token (where the embedding is read).
+        deep_prompts: tensors [n, width]; the input of text layer j + 1 (0-based block index
+            j + 1, j = 0..len - 1) has positions 1..n overwritten by ``deep_prompts[j]``, as
+            AnomalyCLIP's official text encoder does (layer 0 keeps the input's own tokens there).
+    Returns:
+        [P, D] text embeddings (not normalized).
+    """
+    model = backbone.model
+    blocks = model.transformer.resblocks
+    if embeddings.ndim != 3 or embeddings.shape[-1] != model.transformer.width:
+        raise BackboneError(f"expected text embeddings [P, L, {model.transformer.width}], got {list(embeddings.shape)}")
+    if len(deep_prompts) >= len(blocks):
+        raise BackboneError(f"{len(deep_prompts)} deep prompts need more than the {len(blocks)} text layers")
+    length = max((p.shape[0] for p in deep_prompts), default=0)
+    if length and int(end_of_text.min()) <= length:
+        raise BackboneError(f"deep prompts of length {length} would overwrite an end-of-text token "
+                            f"(at position {int(end_of_text.min())})")
+    # Attention is causal and the embedding is read at the end-of-text token: the padding after
+    # the longest sentence cannot change the result, so it is dropped.
+    used = min(int(end_of_text.max()) + 1, embeddings.shape[1])
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = embeddings[:, :used].to(cast_dtype) + model.positional_embedding[:used].to(cast_dtype)
+    attn_mask = model.attn_mask[:used, :used] if model.attn_mask is not None else None
+    for index, block in enumerate(blocks):
+        if 1 <= index <= len(deep_prompts):
+            prompt = deep_prompts[index - 1].to(x.dtype)
+            x = torch.cat([x[:, :1], prompt.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, 1 + prompt.shape[0]:]],
+                          dim=1)
+        x = block(x, attn_mask=attn_mask)
+    x = model.ln_final(x)
+    return _project_text(model, x[torch.arange(x.shape[0], device=x.device), end_of_text])
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, C] -> [B, heads, L, C / heads]."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _dpam_block(block: nn.Module, original: torch.Tensor, dpam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of both paths: (original, DPAM) tokens [B, L, C] -> the same after the block.
+
+    Both attentions read the *original* path's tokens (ln_1 of them), with the block's own
+    weights; the original path is the plain CLIP block, the DPAM path adds only its V-V
+    attention output (softmax(v v^T / sqrt(d)) v, then out_proj) and skips the MLP.
+    """
+    attn = block.attn
+    hidden = block.ln_1(original)
+    q, k, v = F.linear(hidden, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (_split_heads(t, attn.num_heads) for t in (q, k, v))
+    merged = torch.cat([F.scaled_dot_product_attention(q, k, v),
+                        F.scaled_dot_product_attention(v, v, v)], dim=0)  # [2B, heads, L, d]
+    attended = attn.out_proj(merged.transpose(1, 2).flatten(2))  # [2B, L, C]
+    plain, value_value = attended.chunk(2, dim=0)
+    original = original + block.ls_1(plain)
+    original = original + block.ls_2(block.mlp(block.ln_2(original)))
+    return original, dpam + block.ls_1(value_value)
+
+
+def dpam_encode_image(backbone: ClipBackbone, images: torch.Tensor, layers: Sequence[int], dpam_blocks: int,
+                      cls_ln_post: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The image encoder of AnomalyCLIP: the last ``dpam_blocks`` blocks run a parallel DPAM path.
+
+    The DPAM path starts as the input of the first DPAM block and accumulates the V-V attention
+    outputs of every DPAM block (computed from the original path's tokens); the original path is
+    CLIP unchanged. Patch tokens of a layer inside the DPAM range come from the DPAM path, earlier
+    layers from the original path.
+
+    Args:
+        images: [B, 3, S, S] at the backbone's resolution.
+        layers: 1-based layers whose tokens to return.
+        dpam_blocks: how many of the last blocks use DPAM (0: none, plain CLIP tokens).
+        cls_ln_post: apply ln_post to the class token before the projection (the official
+            AnomalyCLIP code projects it without).
+    Returns:
+        (image embedding [B, D]: the original path's class token after the last block, projected,
+         not normalized; per layer the patch tokens [B, N, C], class token excluded, before ln_post).
+    """
+    visual = backbone.model.visual
+    blocks = backbone.image_blocks
+    if not 0 <= dpam_blocks <= len(blocks):
+        raise BackboneError(f"dpam_blocks must be in 0..{len(blocks)} for {backbone.spec.model_name}, got {dpam_blocks}")
+    if visual.attn_pool is not None or getattr(visual, "pool_type", "tok") != "tok" or visual.proj is None:
+        raise BackboneError(f"{backbone.spec.model_name}: DPAM needs a ViT pooled by its class token, with a projection")
+    wanted = set(backbone.layer_indices(layers))
+    first_dpam = len(blocks) - dpam_blocks
+    x = backbone.image_input_tokens(images)
+    dpam = None
+    patch_tokens = []
+    for index, block in enumerate(blocks):
+        if index < first_dpam:
+            x = block(x)
+        else:
+            if not (isinstance(block.attn, nn.MultiheadAttention) and block.attn.batch_first
+                    and block.attn._qkv_same_embed_dim and not hasattr(block, "ln_1_kv")):
+                raise BackboneError("DPAM needs open_clip blocks with batch-first, packed-qkv self-attention")
+            x, dpam = _dpam_block(block, x, x if dpam is None else dpam)
+        if index in wanted:
+            patch_tokens.append((x if dpam is None else dpam)[:, 1:])
+    cls = visual.ln_post(x[:, 0]) if cls_ln_post else x[:, 0]
+    return cls @ visual.proj, patch_tokens
