@@ -18,7 +18,8 @@ CASES = [(name, kind) for name in list_methods() for kind in method_entry(name).
 
 
 def test_the_registry_lists_every_method():
-    assert set(list_methods()) >= {"adaclip", "aprilgan", "clip_ac", "clip_fsac", "clip_patch_memory", "winclip"}
+    assert set(list_methods()) >= {"adaclip", "anomalyclip", "aprilgan", "clip_ac", "clip_fsac", "clip_patch_memory", "cocoop",
+                                   "coop", "maple", "padim", "patchcore", "pdt", "spade", "winclip"}
     with pytest.raises(KeyError, match="unknown method 'nope'; registered: adaclip"):
         method_entry("nope")
 

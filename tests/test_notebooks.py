@@ -106,11 +106,17 @@ def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
 
 
 def test_clip_fsac_notebooks_run_in_the_smoke_profile(tmp_path, synthetic_root):
-    overrides = {"seeds": [0], "shots": [1, 4], "categories": ["pill", "washer"]}
+    _, section = profile_parameters("smoke", "20_clip_fsac_few_shot")
+    overrides = {"seeds": [0], "shots": [1, 4], "categories": ["pill", "washer"],
+                 "aprilgan": {**section["aprilgan"], "epochs": 1}}
     results = run_notebooks(["20_clip_fsac_few_shot"], "smoke", overrides, results_root=tmp_path, progress=False)
     assert results[0].ok, results[0].error
     per_category = pd.read_csv(tmp_path / "tables" / "20_i_auroc_per_category_synthetic.csv")
-    assert set(per_category["method"]) == {"clip_fsac", "winclip", "clip_patch_memory"}
+    assert set(per_category["method"]) == {"clip_fsac", "winclip", "clip_patch_memory", "patchcore", "padim", "spade",
+                                           "aprilgan"}
+    # APRIL-GAN's heads trained once, on the half of the categories that holds neither pill nor washer
+    aprilgan_records = list((tmp_path / "records").glob("aprilgan-*shot-on-synthetic/synthetic/*/seed0.json"))
+    assert len(aprilgan_records) == 4 and {p.parent.parent.name for p in aprilgan_records} == {"synthetic"}
     assert list(per_category.columns[-3:]) == ["pill", "washer", "mean"]
     table_iii = pd.read_csv(tmp_path / "tables" / "20_tab3_ours.csv")
     assert {"clip_ac", "clip_fsac"} <= set(table_iii["method"])
@@ -150,21 +156,29 @@ def test_an_adaclip_paper_notebook_runs_on_smoke_stand_ins(tmp_path, synthetic_r
     comparable."""
     _, section = profile_parameters("smoke", "14_adaclip_anomalyclip_protocol")
     overrides = {"test_datasets": ["mvtec", "visa", "headct", "isic"],
-                 "adaclip": {**section["adaclip"], "epochs": 1}}
+                 "adaclip": {**section["adaclip"], "epochs": 1}, "anomalyclip": {**section["anomalyclip"], "epochs": 1}}
     [result] = run_notebooks(["14_adaclip_anomalyclip_protocol"], "smoke", overrides, results_root=tmp_path,
                              progress=False)
     assert result.ok, result.error
-    ours = pd.read_csv(tmp_path / "tables" / "14_supp_tab6_7_ours.csv").set_index("dataset")
-    assert {"mvtec", "visa", "headct", "isic", "industrial", "medical"} <= set(ours.index)
-    assert pd.isna(ours.loc["isic", "image_auroc"]) and pd.isna(ours.loc["headct", "pixel_auroc"])
+    ours = pd.read_csv(tmp_path / "tables" / "14_supp_tab6_7_ours.csv").set_index(["dataset", "method"])
+    assert {"mvtec", "visa", "headct", "isic", "industrial", "medical"} <= set(ours.index.get_level_values(0))
+    for method in ("adaclip", "anomalyclip"):
+        assert pd.isna(ours.loc[("isic", method), "image_auroc"]) and pd.isna(ours.loc[("headct", method), "pixel_auroc"])
     comparison = pd.read_csv(tmp_path / "tables" / "14_paper_vs_ours_supp_tab6.csv", keep_default_na=False)
-    ran = comparison[comparison["dataset"].isin(["mvtec", "visa", "industrial"]) & (comparison["method"] == "adaclip")]
-    assert len(ran) == 6 and set(ran["status"]) == {"re-run on a smoke stand-in (not comparable)"}
+    ran = comparison[comparison["dataset"].isin(["mvtec", "visa", "industrial"])]
+    assert set(ran["method"]) == {"adaclip", "anomalyclip"}  # AnomalyCLIP re-run beside its quoted numbers
+    assert len(ran) == 12 and set(ran["status"]) == {"re-run on a smoke stand-in (not comparable)"}
     assert (ran["Δ"] == "").all()
-    quoted = comparison[comparison["method"] == "anomalyclip"]
-    assert set(quoted["status"]) == {"reported, not re-run"} and set(quoted["quoted_from"]) == {"AnomalyCLIP (ICLR 2024)"}
+    assert set(comparison.loc[comparison["method"] == "anomalyclip", "quoted_from"]) == {"AnomalyCLIP (ICLR 2024)"}
     records = list((tmp_path / "records").glob("adaclip-zero-shot-anomalyclip-protocol-on-*/*/*/seed0.json"))
     assert len(records) == 6  # mvtec and visa stand-ins have two categories each
+    assert len(list((tmp_path / "records").glob("anomalyclip-zero-shot-on-*/*/*/seed0.json"))) == 6
+    full_shot = pd.read_csv(tmp_path / "tables" / "14_paper_vs_ours_supp_tab8.csv", keep_default_na=False)
+    rerun = full_shot[(full_shot["method"] == "patchcore") & full_shot["dataset"].isin(["mvtec", "visa"])]
+    assert len(rerun) == 8 and set(rerun["status"]) == {"re-run on a smoke stand-in (not comparable)"}  # 2 x 4 metrics
+    assert len(list((tmp_path / "records").glob("patchcore-fullshot/*/*/seed0.json"))) == 4
+    assert set(full_shot.loc[full_shot["method"] == "cdo", "status"]) == {
+        "reported, not re-run: a full-shot method with its own training recipe and no code in this workbook"}
 
 
 def test_the_adaclip_analyses_notebook_draws_its_figures_and_widgets(tmp_path, synthetic_root):

@@ -100,7 +100,8 @@ def test_paper_vs_ours(tmp_path):
     table = paper_vs_ours(records_frame(load_records(tmp_path)), load_reported(reported)).set_index("category")
     assert table.loc["pill", "paper"] == 95.0 and table.loc["pill", "ours"] == 92.0
     assert table.loc["pill", "Δ"] == pytest.approx(-3.0)
-    assert table.loc["tile", "status"] == "reported, not re-run" and pd.isna(table.loc["tile", "ours"])
+    assert table.loc["tile", "status"] == "reported, not re-run: not in this notebook's grid (see its parameters)"
+    assert pd.isna(table.loc["tile", "ours"])
     assert table.loc["hexnut", "status"] == "not reported"
     stand_in = paper_vs_ours(records_frame(load_records(tmp_path)), load_reported(reported), comparable=False)
     assert stand_in.set_index("category").loc["pill", "status"].startswith("re-run on a smoke stand-in")
@@ -198,6 +199,12 @@ def test_reported_numbers_name_only_registered_or_reported_only_methods(tmp_path
         reported = load_reported(paper)
         assert set(reported["method"]) & set(list_methods()), paper
     assert not set(REPORTED_ONLY) & set(list_methods()), "a registered method is still listed as reported-only"
+    assert all(len(entry.why) > 20 for entry in REPORTED_ONLY.values())  # each says why it is not re-run
+    reported = load_reported("clip_fsac")
+    comparison = paper_vs_ours(pd.DataFrame(columns=["method", "variant", "dataset", "category", "setting", "metric",
+                                                     "seed", "value"]),
+                               reported[(reported["method"] == "graphcore") & reported["value"].notna()])
+    assert set(comparison["status"]) == {f"reported, not re-run: {REPORTED_ONLY['graphcore'].why}"}
     bad = tmp_path / "reported.csv"
     bad.write_text(HEADER + "\n"
                    "adaclip,main:1,adaclip,,visa,candle,zero-shot,,,,image_auroc,90.0,,,x\n"

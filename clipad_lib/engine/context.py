@@ -71,8 +71,13 @@ class NotebookContext:
         missing copy fails naming its manifest and download hint.
         """
         if name in self._subsets:
+            alias = name
             name, chosen = self._subsets[name]
-            categories = [c for c in chosen if not categories or c in categories] if chosen else categories
+            if chosen:
+                kept = [c for c in chosen if not categories or c in categories]
+                if not kept:
+                    raise KeyError(f"{alias!r} holds the categories {chosen}, none of {list(categories)}")
+                categories = kept
         key = (name, split, tuple(categories) if categories else None)
         if key not in self._datasets:
             if self.standins is not None and name != SYNTHETIC:
@@ -137,16 +142,18 @@ class NotebookContext:
             raise ValueError("this notebook context has no paper; pass paper='adaclip' to notebook_context")
         return load_reported(self.paper)
 
-    def compare(self, ours: pd.DataFrame, table: str, stem: str | None = None, **filters) -> pd.DataFrame:
+    def compare(self, ours: pd.DataFrame, table: str, stem: str | None = None,
+                reasons: Mapping[str, str] | None = None, **filters) -> pd.DataFrame:
         """``paper | ours | Δ`` for every number of ``table`` (e.g. ``"main:1"``) matching
-        ``filters`` (column=value or column=[values]); written to ``tables/<stem>`` when given."""
+        ``filters`` (column=value or column=[values]); written to ``tables/<stem>`` when given.
+        ``reasons``: per method, why its empty rows were not run (see :func:`paper_vs_ours`)."""
         rows = self.reported[self.reported["table"] == table]
         if rows.empty:
             raise KeyError(f"{self.paper} reports no table {table!r}; its tables: "
                            f"{', '.join(sorted(set(self.reported['table'])))}")
         for column, value in filters.items():
             rows = rows[rows[column].isin(value if isinstance(value, (list, tuple, set)) else [value])]
-        comparison = paper_vs_ours(ours, rows, comparable=self.comparable)
+        comparison = paper_vs_ours(ours, rows, comparable=self.comparable, reasons=reasons)
         if stem:
             self.save_table(comparison, stem)
         return comparison

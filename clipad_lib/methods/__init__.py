@@ -14,8 +14,13 @@ from .linear_heads import LinearHeadsConfig, LinearHeadsDetector, SAMLinearHeads
 from .patchcore import PatchCoreConfig, PatchCoreDetector
 from .padim import PaDiMConfig, PaDiMDetector
 from .spade import SPADEConfig, SPADEDetector
+from .anomalyclip import AnomalyCLIPConfig, AnomalyCLIPDetector
+from .prompt_learners import (CoCoOpConfig, CoCoOpDetector, CoOpConfig, CoOpDetector, MaPLeConfig, MaPLeDetector,
+                              PDTConfig, PDTDetector)
 
-__all__ = ["FIT_KINDS", "AdaCLIPConfig", "AdaCLIPDetector", "AprilGANConfig", "AprilGANDetector", "CLIPACConfig",
+__all__ = ["FIT_KINDS", "AdaCLIPConfig", "AdaCLIPDetector", "AnomalyCLIPConfig", "AnomalyCLIPDetector",
+           "CoCoOpConfig", "CoCoOpDetector", "CoOpConfig", "CoOpDetector", "MaPLeConfig", "MaPLeDetector",
+           "PDTConfig", "PDTDetector", "AprilGANConfig", "AprilGANDetector", "CLIPACConfig",
            "CLIPACDetector", "CLIPFSACConfig", "CLIPFSACDetector", "Detector", "FitData", "HSFView", "LinearHeadsConfig", "LinearHeadsDetector", "MethodEntry", "PaDiMConfig", "PaDiMDetector", "PatchCoreConfig", "PatchCoreDetector",
            "SAMLinearHeadsConfig", "SPADEConfig", "SPADEDetector",
            "CLIPPatchMemoryConfig", "CLIPPatchMemoryDetector", "Prediction", "WinCLIPConfig", "WinCLIPDetector", "create_detector",

@@ -8,7 +8,7 @@ dataset-level numbers, the way the papers compute them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,9 +106,21 @@ def load_reported(paper_or_path: str | Path) -> pd.DataFrame:
 REPORTED_LABELS = ("table", "train_data", "backbone", "quoted_from", "source_line")
 
 
+def not_rerun_status(method: str, comparable: bool, reasons: Mapping[str, str] | None = None) -> str:
+    """The status of a reported number with no *ours* beside it, with the reason in one line:
+    ``reasons[method]`` (the notebook's), the reported-only method's, or the generic one."""
+    from ..papers import not_rerun_reason
+
+    reason = (reasons or {}).get(method) or not_rerun_reason(method)
+    if reason is None:  # a registered method without this cell
+        reason = ("the smoke stand-ins have no such dataset, category or setting" if not comparable else
+                  "not in this notebook's grid (see its parameters)")
+    return f"reported, not re-run: {reason}"
+
+
 def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
                   on: Sequence[str] = ("method", "variant", "dataset", "category", "setting", "metric"),
-                  digits: int = 1, comparable: bool = True) -> pd.DataFrame:
+                  digits: int = 1, comparable: bool = True, reasons: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Put reported numbers beside ours: ``paper | ours | Δ`` (percent; Δ = ours − paper).
 
     Args:
@@ -117,7 +129,9 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
         reported: rows of :func:`load_reported` (values in percent).
         on: the keys that identify one number in both.
         comparable: False when ours ran on stand-in data (the smoke profile): Δ stays empty.
-    Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run");
+        reasons: per method, why the rows it left empty were not run (shown in ``status``).
+    Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run: <why>",
+    :func:`not_rerun_status`);
     rows whose value the paper leaves as ``-`` read "not reported".
     """
     keys = list(on)
@@ -130,6 +144,9 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
     merged["status"] = np.select(
         [merged["paper"].isna(), merged["ours"].isna(), np.full(len(merged), not comparable)],
         ["not reported", "reported, not re-run", "re-run on a smoke stand-in (not comparable)"], "re-run")
+    if "method" in merged:
+        merged["status"] = [not_rerun_status(method, comparable, reasons) if status == "reported, not re-run" else status
+                            for method, status in zip(merged["method"], merged["status"])]
     if "category" in keys and "method" in keys and (merged["category"] == RANK_ROW).any():
         # A rank depends on who else is ranked: compare only where the same methods were ranked.
         group = [k for k in keys if k not in ("method",)]
