@@ -122,15 +122,17 @@ def test_a_few_shot_method_that_trains_on_auxiliary_data_trains_once_and_records
     test, auxiliary = ctx.subset("test-part", "synthetic", ["pill"]), ctx.subset("aux-part", "synthetic", ["tile"])
     protocol = FewShotProtocol((test,), (1, 2), (0,), auxiliary={test: (auxiliary,)})
     experiment = Experiment("aprilgan", protocol, changes={**method_entry("aprilgan").smoke_changes, "epochs": 1})
-    result = ctx.run(experiment)
+    result = ctx.run(experiment, keep_detectors=True)
     assert result.trainings == 1  # one model for both shot counts
+    assert result.detectors[("", test, 2)].trained_categories == ["tile"]
     assert {(r.setting, r.train_data, r.category) for r in result.records} == {("1-shot", "synthetic", "pill"),
                                                                                 ("2-shot", "synthetic", "pill")}
-    assert all(r.identity["auxiliary"][0]["dataset"] == "synthetic" for r in result.records)
+    assert all(r.identity["auxiliary"][0]["dataset"] == "synthetic" and r.identity["auxiliary_seed"] == 0
+               and r.identity["auxiliary"][0]["files"] != r.identity["test_files"] for r in result.records)
     again = notebook_context("smoke", results_dir=tmp_path, resume=True, quiet=True)
     again.subset("test-part", "synthetic", ["pill"]), again.subset("aux-part", "synthetic", ["tile"])
     reread = again.run(experiment)
-    assert reread.trainings == 0 and reread.reused == 2
+    assert reread.trainings == 0 and reread.reused == 2  # nothing trains when every record is read back
     # Methods that do not train on auxiliary data ignore it.
     memory = ctx.run(Experiment("clip_patch_memory", protocol, changes=method_entry("clip_patch_memory").smoke_changes))
     assert memory.trainings == 0 and {r.train_data for r in memory.records} == {""}

@@ -115,8 +115,12 @@ def test_clip_fsac_notebooks_run_in_the_smoke_profile(tmp_path, synthetic_root):
     assert set(per_category["method"]) == {"clip_fsac", "winclip", "clip_patch_memory", "patchcore", "padim", "spade",
                                            "aprilgan"}
     # APRIL-GAN's heads trained once, on the half of the categories that holds neither pill nor washer
-    aprilgan_records = list((tmp_path / "records").glob("aprilgan-*shot-on-synthetic/synthetic/*/seed0.json"))
-    assert len(aprilgan_records) == 4 and {p.parent.parent.name for p in aprilgan_records} == {"synthetic"}
+    executed = nbformat.read(tmp_path / "20_clip_fsac_few_shot.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert ("APRIL-GAN few-shot: 1 training(s) of its heads; auxiliary data: synthetic:checker+pill+washer+weave "
+            "<- synthetic:brushed+grain+hexnut+tile") in printed
+    aprilgan_records = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("aprilgan-*shot-on-synthetic/*/*/seed0.json")]
+    assert len(aprilgan_records) == 4 and {r["category"] for r in aprilgan_records} == {"pill", "washer"}
     assert list(per_category.columns[-3:]) == ["pill", "washer", "mean"]
     table_iii = pd.read_csv(tmp_path / "tables" / "20_tab3_ours.csv")
     assert {"clip_ac", "clip_fsac"} <= set(table_iii["method"])

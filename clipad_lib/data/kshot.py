@@ -44,7 +44,7 @@ def sample_k_shot(train: AnomalyDataset, category: str, k: int | str, seed: int)
     return [candidates[i] for i in chosen]
 
 
-def write_k_shot_list(path: Path, records: list[SampleRecord], *, dataset: str, category: str, k: int,
+def write_k_shot_list(path: Path, records: list[SampleRecord], *, dataset: str, category: str, k: int | str,
                       seed: int, root: Path | None = None) -> Path:
     """Write the chosen reference files as JSON (paths relative to ``root`` when given), atomically."""
     files = [str(r.image_path.relative_to(root)) if root else str(r.image_path) for r in records]

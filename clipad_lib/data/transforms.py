@@ -67,6 +67,11 @@ class ImageTransform:
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         return (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
 
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """[B, 3, S, S] normalized -> [B, S, S, 3] uint8 (normalization undone, then rounded): the
+        pixels again, for methods that synthesize anomalies from transformed shots."""
+        return (self.unnormalize(images.cpu()) * 255.0).round().to(torch.uint8).numpy()
+
     def describe(self) -> dict:
         return asdict(self)
 

@@ -13,6 +13,7 @@ from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
 from ..results import RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
+from .zeroshot import auxiliary_identity
 
 
 @dataclass
@@ -31,26 +32,27 @@ def fit_on_references(detector: Detector, references: list, seed: int) -> None:
                          class_name=categories.pop(), seed=seed))
 
 
-def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: int, seed: int) -> list:
+def fit_few_shot(detector: Detector, train: AnomalyDataset, category: str, k: int | str, seed: int) -> list:
     """Fit ``detector`` on the seeded k-shot draw of ``category``; returns the chosen records."""
     references = sample_k_shot(train, category, k, seed)
     fit_on_references(detector, references, seed)
     return references
 
 
-def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyDataset, root: Path, k: int,
+def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyDataset, root: Path, k: int | str,
                  seeds: Sequence[int], results_dir: Path, categories: Sequence[str] | None = None,
                  resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
                  keep_evaluations: bool = False, variant: str = "", auxiliary: Sequence[AnomalyDataset] = (),
-                 fit_auxiliary: Callable[[], None] | None = None) -> FewShotRun:
+                 fit_auxiliary: Callable[[], None] | None = None, auxiliary_seed: int = 0) -> FewShotRun:
     """Evaluate ``detector`` k-shot on every (category, seed) and write one run record each.
 
     ``variant`` names an ablation of the method ("" for the method as configured); it is a field of
     every record, beside the setting ("4-shot").
 
     ``auxiliary``: the annotated datasets of other categories the detector trains on before the
-    shots (``fit_auxiliary`` trains it, called before the first run that is not read back); they
-    are refused if they share a category with ``test``, and recorded as the runs' ``train_data``.
+    shots (``fit_auxiliary`` trains it with ``auxiliary_seed``, called before the first run that is
+    not read back); they are refused if they share a category with ``test``, and recorded as the
+    runs' ``train_data`` and, with the seed, in their identity. ``k`` may be ``FULL_SHOT``.
 
     The reference lists are written to ``results_dir/kshot/<dataset>/<category>/k<k>-seed<s>.json``
     so any number can be re-run on exactly the same references. With ``resume``, a run whose
@@ -63,7 +65,7 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
     auxiliary = list(auxiliary)
     check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
     train_data = "+".join(d.name for d in auxiliary)
-    training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
+    training_identity = auxiliary_identity(auxiliary)
     jobs = [(c, s) for c in (categories or test.categories) for s in seeds]
     for category, seed in tqdm(jobs, desc=f"{detector.name} {label} on {test.name}"):
         references = sample_k_shot(train, category, k, seed)
@@ -77,6 +79,7 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
         }
         if auxiliary:
             identity["auxiliary"] = training_identity
+            identity["auxiliary_seed"] = auxiliary_seed
 
         def run() -> RunOutcome:
             if fit_auxiliary is not None:

@@ -146,7 +146,7 @@ class Job:
     seed: int | None = None
     pair: ZeroShotPair | None = None
     dataset: str | None = None
-    shots: int | None = None
+    shots: int | str | None = None  # a number of shots or FULL_SHOT
 
 
 class DataSource(Protocol):
@@ -234,7 +234,7 @@ class _AuxiliaryModel:
 
     detector: Detector
     datasets: list[AnomalyDataset]
-    seed: int
+    seed: int  # FitData.seed of the auxiliary training (recorded in each run's identity)
     result: "ExperimentResult"
     trained: bool = False
 
@@ -251,7 +251,9 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
     """Run every job of ``experiment`` (records written atomically, reused on ``resume``).
 
     With ``keep_detectors`` the fitted detectors are returned too, so a zero-shot model is trained
-    even when all its records are reused (figures must come from a trained model).
+    even when all its records are reused (figures must come from a trained model). A few-shot
+    detector trained on auxiliary data is one object for all shot counts of its dataset: each
+    kept entry holds its last fit.
     """
     result = ExperimentResult(experiment)
     protocol = experiment.protocol
@@ -278,13 +280,15 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
                         experiment.detector(variant, job.dataset, device=device),
                         [data.dataset(name)[0] for name in auxiliary_names], protocol.seeds[0], result)
                 model = auxiliary_models[trained_key]
+                if keep_detectors:  # a kept detector must be trained even when every record is read back
+                    model.fit()
                 detector, auxiliary, prepare = model.detector, model.datasets, model.fit
             else:
                 detector, auxiliary, prepare = experiment.detector(variant, job.dataset, device=device), (), None
             run = run_few_shot(detector, train=train, test=test, root=root, k=job.shots, seeds=protocol.seeds,
                                results_dir=results_dir, resume=resume, batch_size=batch_size,
                                aupro_variant=aupro_variant, device=device, variant=variant.name,
-                               auxiliary=auxiliary, fit_auxiliary=prepare)
+                               auxiliary=auxiliary, fit_auxiliary=prepare, auxiliary_seed=protocol.seeds[0])
             key = (variant.name, job.dataset, job.shots)
         result.records += run.records
         result.reused += run.reused

@@ -23,6 +23,11 @@ class ZeroShotRun:
     evaluations: dict[tuple[str, str], Evaluation] = field(default_factory=dict)  # (dataset, category)
 
 
+def auxiliary_identity(auxiliary: Sequence[AnomalyDataset]) -> list[dict]:
+    """What a run records of its auxiliary training data: each dataset's name and files' fingerprint."""
+    return [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
+
+
 def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, Path]],
                   auxiliary: Sequence[AnomalyDataset] = (), results_dir: Path, seed: int = 0, variant: str = "",
                   resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
@@ -38,7 +43,7 @@ def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, P
     for test, _ in tests:
         check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
     protocol = evaluation_protocol(detector, aupro_variant)
-    training_identity = [{"dataset": d.name, "files": dataset_fingerprint(d.records)} for d in auxiliary]
+    training_identity = auxiliary_identity(auxiliary)
     train_data = "+".join(d.name for d in auxiliary)
     jobs = [(test, root, category) for test, root in tests for category in test.categories]
     specs = {

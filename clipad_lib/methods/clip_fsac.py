@@ -313,11 +313,6 @@ class CLIPACDetector(_FrozenCLIPClassifier):
         return Prediction(image_scores=scores.detach().float().cpu(), anomaly_maps=None)
 
 
-def _to_uint8(images: torch.Tensor, transform: ImageTransform) -> np.ndarray:
-    """Transformed images [K, 3, S, S] -> [K, S, S, 3] uint8 (exact: normalization is undone, then rounded)."""
-    return (transform.unnormalize(images.cpu()) * 255.0).round().to(torch.uint8).numpy()
-
-
 @register_method("clip_fsac", display_name="CLIP-FSAC++", config=CLIPFSACConfig, fits_on=("references",),
                  paper="Zuo et al., CLIP-FSAC++: Few-Shot Anomaly Classification with Anomaly Descriptor Based on "
                        "CLIP, 2024 manuscript",
@@ -338,13 +333,11 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
 
     def _synthetic_anomalies(self, references: np.ndarray, seed: int) -> np.ndarray:
         """[K, S, S, 3] uint8 -> [K, J, S, S, 3] uint8: J anomalies of each reference, seeded by (seed, image)."""
-        from ..synthesis import synthesize_anomalies  # only fitting needs it (scipy's DST, NSA)
+        from ..synthesis import synthesize_shot_anomalies  # only fitting needs it (scipy's DST, NSA)
 
         config = self.config
-        per_image = [np.stack([a.image for a in synthesize_anomalies(image, config.synthesis,
-                                                                     config.anomalies_per_image, (seed, index))])
-                     for index, image in enumerate(references)]
-        return np.stack(per_image)
+        drawn = synthesize_shot_anomalies(references, config.synthesis, config.anomalies_per_image, seed)
+        return np.stack([np.stack([a.image for a in shot]) for shot in drawn])
 
     def _optimizer(self, head: CLIPFSACHead) -> torch.optim.Optimizer:
         config = self.config
@@ -386,7 +379,7 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
                              "class_name=...)) with K >= 1")
         if not data.class_name:
             raise ValueError("CLIP-FSAC++ needs the references' class name (FitData.class_name) for its text prompts")
-        references = _to_uint8(data.reference_images, self.transform)
+        references = self.transform.to_uint8(data.reference_images)
         anomalies = self._synthetic_anomalies(references, data.seed)  # [K, J, S, S, 3]
         shots, per_image = anomalies.shape[:2]
         text = self.text_features(data.class_name).to(config.device)

@@ -3,8 +3,9 @@
 Each keeps its own module (:mod:`.patchcore`, :mod:`.padim`, :mod:`.spade`); this base builds the
 frozen timm ResNet from the config's ``backbone`` / ``pretrained`` / ``image_size`` / ``device`` (or
 takes a shared one), checks that ``fit`` got normal references, and turns a coarse score map into
-the anomaly map the three official codes produce: bilinear upsampling (``align_corners=False``) to
-the input size, then ``scipy.ndimage.gaussian_filter`` with sigma 4 (edge repeated).
+the anomaly map the PatchCore and PaDiM codes produce: bilinear upsampling (``align_corners=False``)
+to the input size, then ``scipy.ndimage.gaussian_filter`` with sigma 4 (edge repeated). SPADE, which
+has no official code, averages its per-stage maps after upsampling and then smooths the same way.
 
 Input preprocessing differs from the official codes in one way, for every method here: they resize
 to 256 and centre-crop 224 (masks too), which drops a 16 px border where defects can lie; this

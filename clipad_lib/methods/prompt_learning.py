@@ -307,11 +307,6 @@ def memory_distance(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor
     return 1.0 - (F.normalize(patches, dim=-1) @ memory.T).amax(dim=-1)
 
 
-def images_to_uint8(images: torch.Tensor, transform: ImageTransform) -> np.ndarray:
-    """Transformed [K, 3, S, S] -> [K, S, S, 3] uint8 (normalization undone, then rounded)."""
-    return (transform.unnormalize(images.cpu()) * 255.0).round().to(torch.uint8).numpy()
-
-
 def uint8_to_images(arrays: np.ndarray, transform: ImageTransform, device) -> torch.Tensor:
     """[B, S, S, 3] uint8 at the transform's size -> [B, 3, S, S] normalized, in one batch."""
     tensor = torch.from_numpy(np.ascontiguousarray(arrays)).to(device).permute(0, 3, 1, 2).float() / 255.0
@@ -348,10 +343,9 @@ class TrainingSet:
 
 def synthesize_training_set(references: np.ndarray, method: str, per_shot: int, seed: int) -> TrainingSet:
     """[K, S, S, 3] uint8 shots -> each with ``per_shot`` anomalies, seeded by (seed, shot index)."""
-    from ..synthesis import synthesize_anomalies  # only fitting needs it (scipy, Poisson blending)
+    from ..synthesis import synthesize_shot_anomalies  # only fitting needs it (scipy, Poisson blending)
 
-    drawn = [a for index, image in enumerate(references)
-             for a in synthesize_anomalies(image, method, per_shot, (seed, index))]
+    drawn = [a for shot in synthesize_shot_anomalies(references, method, per_shot, seed) for a in shot]
     images = np.concatenate([references, np.stack([a.image for a in drawn])])
     masks = np.concatenate([np.zeros(references.shape[:3], dtype=bool), np.stack([a.mask for a in drawn])])
     return TrainingSet(images, masks, len(references))
@@ -422,7 +416,7 @@ class PromptLearningDetector(Detector):
 
     def _train(self, data: FitData) -> None:
         config, learner = self.config, self.learner
-        references = images_to_uint8(data.reference_images, self.transform)
+        references = self.transform.to_uint8(data.reference_images)
         training = synthesize_training_set(references, config.synthesis, config.anomalies_per_image, data.seed)
         shots = training.shots
         epochs = config.epochs_for(shots)

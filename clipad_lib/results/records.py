@@ -200,7 +200,7 @@ class RunSpec:
     protocol: dict
     identity: dict = field(default_factory=dict)
     variant: str = ""
-    train_data: str = ""  # the auxiliary data of a zero-shot run ("mvtec+clinicdb"), "" for none
+    train_data: str = ""  # the auxiliary data a run trained on ("mvtec+clinicdb"), "" for none
 
     @property
     def tag(self) -> str:

@@ -129,7 +129,8 @@ def paper_vs_ours(ours: pd.DataFrame, reported: pd.DataFrame,
         reported: rows of :func:`load_reported` (values in percent).
         on: the keys that identify one number in both.
         comparable: False when ours ran on stand-in data (the smoke profile): Δ stays empty.
-        reasons: per method, why the rows it left empty were not run (shown in ``status``).
+        reasons: per method, why the rows it left empty were not run (shown in ``status``); it
+            applies to every empty row of that method in ``reported``.
     Rows the paper reports but we did not run keep ``ours`` empty ("reported, not re-run: <why>",
     :func:`not_rerun_status`);
     rows whose value the paper leaves as ``-`` read "not reported".

@@ -170,3 +170,9 @@ def synthesize_anomalies(image: np.ndarray, method: str, count: int, seed: int |
         else:
             raise SynthesisError(f"{method} changed no pixel of this image in {MAX_ATTEMPTS} draws; is it uniform?")
     return anomalies
+
+
+def synthesize_shot_anomalies(shots: np.ndarray, method: str, per_shot: int, seed: int) -> list[list[SyntheticAnomaly]]:
+    """``per_shot`` anomalies of each of the k-shot images [K, H, W, 3] uint8, the i-th shot's seeded
+    by (``seed``, i): what the few-shot methods that train on synthetic anomalies draw."""
+    return [synthesize_anomalies(image, method, per_shot, (seed, index)) for index, image in enumerate(shots)]
