@@ -6,8 +6,11 @@ at run time from there, never copied here):
     python scripts/make_golden_fixtures.py --adaclip /path/to/AdaCLIP --aprilgan /path/to/VAND-APRIL-GAN
     python scripts/make_golden_fixtures.py --anomalib-python /path/to/anomalib-venv/bin/python
     python scripts/make_golden_fixtures.py --anomalyclip /path/to/AnomalyCLIP
+    python scripts/make_golden_fixtures.py --patchcore /path/to/patchcore-inspection \
+        --patchcore-python /path/to/faiss-venv/bin/python
 
-(any subset of them). WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
+(any subset of them). PatchCore's worker runs in a venv with faiss-cpu (its nearest-neighbour
+search) on a random WideResNet-50 that both sides build from the same state dict. WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
 separate virtual environment holding anomalib and an open_clip older than 2.26.1 (under open_clip 3.x
 its window embeddings are wrong); that worker imports neither clipad_lib nor this venv's open_clip.
 
@@ -80,6 +83,13 @@ ANOMALYCLIP = {"image_size": 224, "layers": [3, 6, 9, 12], "prompt_length": 12, 
                "deep_prompt_length": 4, "dpam_blocks": 9, "sigma": 4, "seed": 5, "image_seed": 6,
                "projection_width": 896}  # its unused compound_prompt_projections: Linear(width, 896)
 ANOMALYCLIP_SENTENCES = ("object.", "damaged object.")  # after prompt_length placeholder words "X"
+# PatchCore (amazon-science/patchcore-inspection): its README's MVTec settings on a random WRN-50, no
+# coreset (IdentitySampler: its approximate coreset draws from numpy's global RNG, ours from a seeded
+# torch generator, so the two memories could not be compared) -- the features, the 1-NN scores, the map.
+PATCHCORE = {"backbone": "wide_resnet50_2", "init_seed": 5, "image_size": 224, "layers": ["layer2", "layer3"],
+             "pretrain_embed_dimension": 1024, "target_embed_dimension": 1024, "patchsize": 3,
+             "anomaly_score_num_nn": 1, "train_seed": 6, "test_seed": 7, "feature_rows": 64}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 
@@ -180,10 +190,18 @@ def images_uint8(seed: int = IMAGE_SEED, size: int = IMAGE_SIZE, block: int = 8)
     return np.ascontiguousarray(cells.repeat(block, axis=1).repeat(block, axis=2))
 
 
-def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] with OpenAI's mean and std."""
+def normalize_images(images: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] with ``mean`` and ``std`` (default: OpenAI's)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    return ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]).contiguous()
+    return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]).contiguous()
+
+
+def cnn_state_dict(model_name: str = PATCHCORE["backbone"], init_seed: int = PATCHCORE["init_seed"]) -> dict:
+    """The shared CNN weights: clipad's seeded random init of the timm ResNet (torchvision's keys)."""
+    from clipad_lib.backbones.timm_cnn import build_cnn_backbone
+
+    backbone = build_cnn_backbone(model_name, None, PATCHCORE["image_size"], init_seed=init_seed)
+    return {k: v.detach().clone().contiguous() for k, v in backbone.model.state_dict().items()}
 
 
 def winclip_pixels(size: int = WINCLIP["image_size"], stride: int = WINCLIP["pixel_stride"]) -> np.ndarray:
@@ -463,6 +481,66 @@ def _anomalyclip(repo: Path, work: Path, out: Path, command: str, commit: str) -
     print(f"wrote {out / 'anomalyclip.npz'} ({(out / 'anomalyclip.npz').stat().st_size} bytes)")
 
 
+def _patchcore_worker(repo: Path, work: Path) -> None:
+    """Runs inside the PatchCore venv (faiss): its PatchCore on the shared WRN-50 -> patchcore_out.npz."""
+    sys.path.insert(0, str(repo / "src"))
+    import torchvision
+
+    import patchcore.common
+    import patchcore.patchcore
+    import patchcore.sampler
+
+    settings = PATCHCORE
+    backbone = torchvision.models.wide_resnet50_2(weights=None)
+    backbone.load_state_dict(torch.load(work / "patchcore_wrn50.pt", weights_only=True), strict=True)
+    backbone.eval()
+    train, test = torch.load(work / "patchcore_train.pt"), torch.load(work / "patchcore_test.pt")
+    size = settings["image_size"]
+    model = patchcore.patchcore.PatchCore("cpu")
+    model.load(backbone=backbone, layers_to_extract_from=settings["layers"], device="cpu", input_shape=(3, size, size),
+               pretrain_embed_dimension=settings["pretrain_embed_dimension"],
+               target_embed_dimension=settings["target_embed_dimension"], patchsize=settings["patchsize"],
+               anomaly_score_num_nn=settings["anomaly_score_num_nn"],
+               featuresampler=patchcore.sampler.IdentitySampler(), nn_method=patchcore.common.FaissNN(False, 1))
+    model.fit([train])
+    features = np.asarray(model._embed(test))  # [B * h * w, D] (its _embed returns a list of rows)
+    patch_scores = model.anomaly_scorer.predict([features])[0]
+    image_scores, maps = model.predict(test)
+    np.savez(work / "patchcore_out.npz", features=np.asarray(features[:settings["feature_rows"]]),
+             patch_scores=np.asarray(patch_scores), image_scores=np.asarray(image_scores),
+             maps=np.stack([np.asarray(m) for m in maps]))
+    import faiss
+    (work / "patchcore_versions.json").write_text(json.dumps({"faiss": faiss.__version__,
+                                                              "torchvision": torchvision.__version__}))
+
+
+def _patchcore(repo: Path, python: Path, work: Path, out: Path, command: str, commit: str) -> None:
+    """The official PatchCore code, run by ``python`` (a venv with faiss) on the shared WRN-50 -> patchcore.npz."""
+    settings = PATCHCORE
+    weights = cnn_state_dict()
+    torch.save(weights, work / "patchcore_wrn50.pt")
+    size = settings["image_size"]
+    train_images, test_images = images_uint8(settings["train_seed"], size), images_uint8(settings["test_seed"], size)
+    torch.save(normalize_images(train_images, IMAGENET_MEAN, IMAGENET_STD), work / "patchcore_train.pt")
+    torch.save(normalize_images(test_images, IMAGENET_MEAN, IMAGENET_STD), work / "patchcore_test.pt")
+    subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", "patchcore", "--patchcore",
+                    str(repo.resolve()), "--work", str(work)], check=True)
+    result = dict(np.load(work / "patchcore_out.npz"))
+    versions = json.loads((work / "patchcore_versions.json").read_text())
+    meta = {"method": "patchcore", **settings, "weights_sha256": state_digest(weights), "official_commit": commit,
+            "command": command, "torch": torch.__version__, "numpy": np.__version__, **versions,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "official": "patchcore.patchcore.PatchCore.load(...) with IdentitySampler and FaissNN(on_gpu=False)",
+            "weights": "torchvision wide_resnet50_2(weights=None).load_state_dict(clipad's timm random init, "
+                       "strict=True): the two share key names",
+            "inputs": "images normalized here with ImageNet's mean/std, fed at 224 px (its resize/crop bypassed)",
+            "stored": "features: the first feature_rows rows of _embed(test); patch_scores: the 1-NN squared L2 "
+                      "distances of every test patch; image_scores and maps: PatchCore.predict(test)"}
+    result["train_images"], result["test_images"] = train_images, test_images
+    np.savez_compressed(out / "patchcore.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **result)
+    print(f"wrote {out / 'patchcore.npz'} ({(out / 'patchcore.npz').stat().st_size} bytes)")
+
+
 def _winclip_worker(work: Path) -> None:
     """Runs under the anomalib venv's Python: imports anomalib and its open_clip, never clipad_lib."""
     from importlib import metadata
@@ -578,12 +656,20 @@ def main(argv=None) -> None:
     parser.add_argument("--anomalyclip-commit", help="commit id of the AnomalyCLIP checkout (default: git rev-parse)")
     parser.add_argument("--anomalib-python", type=Path,
                         help="Python of a venv with anomalib and open_clip_torch<2.26.1 (writes winclip.npz)")
+    parser.add_argument("--patchcore", type=Path, help="checkout of github.com/amazon-science/patchcore-inspection")
+    parser.add_argument("--patchcore-commit", help="commit id of the PatchCore checkout (default: git rev-parse)")
+    parser.add_argument("--patchcore-python", type=Path, default=Path(sys.executable),
+                        help="Python of a venv with faiss-cpu, torchvision and scikit-learn (default: this one)")
     parser.add_argument("--out", type=Path, default=FIXTURES)
-    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "winclip":
         _winclip_worker(args.work)
+        return
+    if args.worker == "patchcore":
+        _patchcore_worker(args.patchcore.resolve(), args.work)
         return
     if args.worker == "anomalyclip":
         os.chdir(args.anomalyclip)
@@ -594,14 +680,17 @@ def main(argv=None) -> None:
         os.chdir(repo)
         (_adaclip_worker if args.worker == "adaclip" else _aprilgan_worker)(repo.resolve(), args.work)
         return
-    if not (args.adaclip or args.aprilgan or args.anomalib_python or args.anomalyclip):
-        parser.error("give --adaclip, --aprilgan, --anomalyclip and/or --anomalib-python")
+    if not (args.adaclip or args.aprilgan or args.anomalib_python or args.anomalyclip or args.patchcore):
+        parser.error("give --adaclip, --aprilgan, --anomalyclip, --patchcore and/or --anomalib-python")
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         work = Path(tmp)
         if args.anomalib_python:
             _winclip(args.anomalib_python, work, args.out, command)
+        if args.patchcore:
+            _patchcore(args.patchcore, args.patchcore_python, work, args.out, command,
+                       args.patchcore_commit or _commit(args.patchcore))
         if args.anomalyclip:
             _anomalyclip(args.anomalyclip, work, args.out, command,
                          args.anomalyclip_commit or _commit(args.anomalyclip))

@@ -1,5 +1,5 @@
-"""Golden tests: clipad's AdaCLIP and APRIL-GAN against outputs of the OFFICIAL code, and clipad's
-WinCLIP (text_ensemble='anomalib') against anomalib's WinClipModel.
+"""Golden tests: clipad's AdaCLIP, APRIL-GAN, AnomalyCLIP and PatchCore against outputs of the
+OFFICIAL code, and clipad's WinCLIP (text_ensemble='anomalib') against anomalib's WinClipModel.
 
 The fixtures in tests/golden/ were written by scripts/make_golden_fixtures.py, which ran the
 authors' code (commit ids in each fixture's metadata) on shared seeded random weights: clipad's
@@ -535,3 +535,71 @@ def test_anomalyclip_departures_are_caught(anomalyclip_golden, anomalyclip_files
     with pytest.raises(StageMismatch) as caught:
         compare(stages)
     assert caught.value.stage == "image_embedding"
+
+
+# -- PatchCore (amazon-science/patchcore-inspection) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def patchcore_golden():
+    meta, data = _fixture("patchcore")
+    assert fixtures.state_digest(fixtures.cnn_state_dict(meta["backbone"], meta["init_seed"])) == meta["weights_sha256"]
+    from clipad_lib.backbones.timm_cnn import build_cnn_backbone
+
+    return meta, data, build_cnn_backbone(meta["backbone"], None, meta["image_size"], init_seed=meta["init_seed"])
+
+
+def patchcore_stages(detector, meta, data):
+    from clipad_lib.methods import FitData
+
+    mean, std = meta["mean"], meta["std"]
+    train = fixtures.normalize_images(data["train_images"], mean, std)
+    test = fixtures.normalize_images(data["test_images"], mean, std)
+    detector.fit(FitData(reference_images=train))
+    features = detector.patch_features(test)
+    prediction = detector.predict(test)
+    return [
+        ("features", lambda: features.reshape(-1, features.shape[-1])[:meta["feature_rows"]], data["features"]),
+        ("patch_scores", lambda: detector.patch_scores(test).flatten(), data["patch_scores"]),
+        ("image_scores", prediction.image_scores, data["image_scores"]),
+        ("maps", prediction.anomaly_maps, data["maps"]),
+    ]
+
+
+def _patchcore(meta, backbone, **changes):
+    from clipad_lib.methods import PatchCoreConfig, PatchCoreDetector
+
+    config = PatchCoreConfig(backbone=meta["backbone"], pretrained=None, image_size=meta["image_size"],
+                             coreset_ratio=1.0, **changes)  # the fixture's IdentitySampler
+    return PatchCoreDetector(config, backbone)
+
+
+def _score_tolerance(data) -> float:
+    """faiss computes |x|^2 + |y|^2 - 2 x.y in float32 over 1024 dimensions: it loses about 1e-5 of
+    the squared feature norms, far more than the distances' own size suggests."""
+    return max(TOLERANCE, 1e-5 * float((data["features"].astype(np.float64) ** 2).sum(axis=1).max()))
+
+
+def test_patchcore_matches_official(patchcore_golden):
+    """The features at the usual tolerance; the scores and maps within faiss's float32 rounding."""
+    meta, data, backbone = patchcore_golden
+    detector = _patchcore(meta, backbone)
+    config = detector.config
+    assert (config.stages, config.patch_size, config.pretrain_embed_dim, config.target_embed_dim,
+            config.num_neighbours) == ((2, 3), meta["patchsize"], meta["pretrain_embed_dimension"],
+                                       meta["target_embed_dimension"], meta["anomaly_score_num_nn"])
+    stages = patchcore_stages(detector, meta, data)
+    compare(stages[:1])
+    compare(stages[1:], tolerance=_score_tolerance(data))
+
+
+def test_patchcore_departures_are_caught(patchcore_golden):
+    """Without the 3x3 local aggregation the features differ; with torchvision-style 'mirror'
+    smoothing only the map does."""
+    meta, data, backbone = patchcore_golden
+    with pytest.raises(StageMismatch) as caught:
+        compare(patchcore_stages(_patchcore(meta, backbone, patch_size=1), meta, data)[:1])
+    assert caught.value.stage == "features"
+    stages = patchcore_stages(_patchcore(meta, backbone, smoothing_boundary="mirror"), meta, data)
+    with pytest.raises(StageMismatch) as caught:
+        compare(stages[1:], tolerance=_score_tolerance(data))
+    assert caught.value.stage == "maps"
