@@ -9,7 +9,10 @@ at run time from there, never copied here):
     python scripts/make_golden_fixtures.py --patchcore /path/to/patchcore-inspection \
         --patchcore-python /path/to/faiss-venv/bin/python
 
-(any subset of them). PatchCore's worker runs in a venv with faiss-cpu (its nearest-neighbour
+    python scripts/make_golden_fixtures.py --padim-python /path/to/anomalib-venv/bin/python
+
+(any subset of them). PaDiM has no official code; its reference is anomalib's ``PadimModel``, which
+follows the widely used reference implementation. PatchCore's worker runs in a venv with faiss-cpu (its nearest-neighbour
 search) on a random WideResNet-50 that both sides build from the same state dict. WinCLIP's reference is anomalib's ``WinClipModel``, run by the Python of a
 separate virtual environment holding anomalib and an open_clip older than 2.26.1 (under open_clip 3.x
 its window embeddings are wrong); that worker imports neither clipad_lib nor this venv's open_clip.
@@ -89,6 +92,10 @@ ANOMALYCLIP_SENTENCES = ("object.", "damaged object.")  # after prompt_length pl
 PATCHCORE = {"backbone": "wide_resnet50_2", "init_seed": 5, "image_size": 224, "layers": ["layer2", "layer3"],
              "pretrain_embed_dimension": 1024, "target_embed_dimension": 1024, "patchsize": 3,
              "anomaly_score_num_nn": 1, "train_seed": 6, "test_seed": 7, "feature_rows": 64}
+# PaDiM: anomalib's PadimModel (the reference implementation's recipe) on a random ResNet-18 at 128 px;
+# its channel draw (torch.randperm) is read back and given to ours, the rest of the pipeline compared.
+PADIM = {"backbone": "resnet18", "init_seed": 8, "image_size": 128, "layers": ["layer1", "layer2", "layer3"],
+         "n_features": 100, "train_seeds": [9, 10], "test_seed": 11}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
@@ -196,11 +203,12 @@ def normalize_images(images: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]).contiguous()
 
 
-def cnn_state_dict(model_name: str = PATCHCORE["backbone"], init_seed: int = PATCHCORE["init_seed"]) -> dict:
+def cnn_state_dict(model_name: str = PATCHCORE["backbone"], init_seed: int = PATCHCORE["init_seed"],
+                   image_size: int = PATCHCORE["image_size"]) -> dict:
     """The shared CNN weights: clipad's seeded random init of the timm ResNet (torchvision's keys)."""
     from clipad_lib.backbones.timm_cnn import build_cnn_backbone
 
-    backbone = build_cnn_backbone(model_name, None, PATCHCORE["image_size"], init_seed=init_seed)
+    backbone = build_cnn_backbone(model_name, None, image_size, init_seed=init_seed)
     return {k: v.detach().clone().contiguous() for k, v in backbone.model.state_dict().items()}
 
 
@@ -541,6 +549,66 @@ def _patchcore(repo: Path, python: Path, work: Path, out: Path, command: str, co
     print(f"wrote {out / 'patchcore.npz'} ({(out / 'patchcore.npz').stat().st_size} bytes)")
 
 
+def padim_images(settings: dict = PADIM) -> tuple[np.ndarray, np.ndarray]:
+    """(train [4, S, S, 3], test [2, S, S, 3]) uint8 images of the PaDiM fixture."""
+    size = settings["image_size"]
+    train = np.concatenate([images_uint8(seed, size) for seed in settings["train_seeds"]])
+    return train, images_uint8(settings["test_seed"], size)
+
+
+def _padim_worker(work: Path) -> None:
+    """Runs inside a venv with anomalib: its PadimModel on the shared ResNet -> padim_out.npz."""
+    from anomalib.models.image.padim.torch_model import PadimModel
+
+    settings = PADIM
+    model = PadimModel(backbone=settings["backbone"], layers=settings["layers"], pre_trained=False,
+                       n_features=settings["n_features"])
+    weights = torch.load(work / "padim_resnet.pt", weights_only=True)
+    extractor = model.feature_extractor.feature_extractor  # timm's features_only net: up to layer3, no classifier
+    extractor.load_state_dict({k: v for k, v in weights.items() if k in extractor.state_dict()}, strict=True)
+    train, test = torch.load(work / "padim_train.pt"), torch.load(work / "padim_test.pt")
+    model.train()
+    model.feature_extractor.eval()  # frozen ImageNet statistics, as the reference code's model.eval()
+    with torch.no_grad():
+        model(train)
+        model.fit()
+        model.eval()
+        output = model(test)
+        embedding = model.generate_embedding(model.feature_extractor(test))
+        distance = model.anomaly_map_generator.compute_distance(
+            embedding, [model.gaussian.mean, model.gaussian.inv_covariance])
+    np.savez(work / "padim_out.npz", idx=model.idx.numpy(), embedding=embedding.numpy(),
+             distance=distance[:, 0].numpy(), maps=output.anomaly_map[:, 0].numpy(),
+             image_scores=output.pred_score.numpy())
+    import anomalib
+    (work / "padim_versions.json").write_text(json.dumps({"anomalib": anomalib.__version__}))
+
+
+def _padim(python: Path, work: Path, out: Path, command: str) -> None:
+    """anomalib's PaDiM, run by ``python`` (a venv with anomalib) on the shared ResNet -> padim.npz."""
+    settings = PADIM
+    weights = cnn_state_dict(settings["backbone"], settings["init_seed"], settings["image_size"])
+    torch.save(weights, work / "padim_resnet.pt")
+    train_images, test_images = padim_images()
+    torch.save(normalize_images(train_images, IMAGENET_MEAN, IMAGENET_STD), work / "padim_train.pt")
+    torch.save(normalize_images(test_images, IMAGENET_MEAN, IMAGENET_STD), work / "padim_test.pt")
+    subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", "padim", "--work", str(work)], check=True)
+    result = dict(np.load(work / "padim_out.npz"))
+    versions = json.loads((work / "padim_versions.json").read_text())
+    meta = {"method": "padim", **settings, "weights_sha256": state_digest(weights), "command": command,
+            "torch": torch.__version__, "numpy": np.__version__, **versions,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "official": "anomalib.models.image.padim.torch_model.PadimModel (pre_trained=False, weights loaded)",
+            "patches": ["model.feature_extractor.eval() after model.train(): the backbone's batch norm keeps "
+                        "its running statistics while the memory bank fills"],
+            "smoothing": "anomalib's GaussianBlur2d(sigma=4, kernel 33, torch 'reflect' padding) = clipad's "
+                         "smoothing_boundary='mirror'",
+            "stored": "idx: anomalib's channel draw; embedding, distance (before upsampling), maps, image_scores"}
+    result["train_images"], result["test_images"] = train_images, test_images
+    np.savez_compressed(out / "padim.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **result)
+    print(f"wrote {out / 'padim.npz'} ({(out / 'padim.npz').stat().st_size} bytes)")
+
+
 def _winclip_worker(work: Path) -> None:
     """Runs under the anomalib venv's Python: imports anomalib and its open_clip, never clipad_lib."""
     from importlib import metadata
@@ -660,13 +728,17 @@ def main(argv=None) -> None:
     parser.add_argument("--patchcore-commit", help="commit id of the PatchCore checkout (default: git rev-parse)")
     parser.add_argument("--patchcore-python", type=Path, default=Path(sys.executable),
                         help="Python of a venv with faiss-cpu, torchvision and scikit-learn (default: this one)")
+    parser.add_argument("--padim-python", type=Path, help="Python of a venv with anomalib (writes padim.npz)")
     parser.add_argument("--out", type=Path, default=FIXTURES)
-    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore"),
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore", "padim"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "winclip":
         _winclip_worker(args.work)
+        return
+    if args.worker == "padim":
+        _padim_worker(args.work)
         return
     if args.worker == "patchcore":
         _patchcore_worker(args.patchcore.resolve(), args.work)
@@ -680,14 +752,17 @@ def main(argv=None) -> None:
         os.chdir(repo)
         (_adaclip_worker if args.worker == "adaclip" else _aprilgan_worker)(repo.resolve(), args.work)
         return
-    if not (args.adaclip or args.aprilgan or args.anomalib_python or args.anomalyclip or args.patchcore):
-        parser.error("give --adaclip, --aprilgan, --anomalyclip, --patchcore and/or --anomalib-python")
+    if not (args.adaclip or args.aprilgan or args.anomalib_python or args.anomalyclip or args.patchcore
+            or args.padim_python):
+        parser.error("give --adaclip, --aprilgan, --anomalyclip, --patchcore, --padim-python and/or --anomalib-python")
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         work = Path(tmp)
         if args.anomalib_python:
             _winclip(args.anomalib_python, work, args.out, command)
+        if args.padim_python:
+            _padim(args.padim_python, work, args.out, command)
         if args.patchcore:
             _patchcore(args.patchcore, args.patchcore_python, work, args.out, command,
                        args.patchcore_commit or _commit(args.patchcore))

@@ -603,3 +603,65 @@ def test_patchcore_departures_are_caught(patchcore_golden):
     with pytest.raises(StageMismatch) as caught:
         compare(stages[1:], tolerance=_score_tolerance(data))
     assert caught.value.stage == "maps"
+
+
+# -- PaDiM (anomalib's PadimModel) --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def padim_golden():
+    meta, data = _fixture("padim")
+    weights = fixtures.cnn_state_dict(meta["backbone"], meta["init_seed"], meta["image_size"])
+    assert fixtures.state_digest(weights) == meta["weights_sha256"]
+    from clipad_lib.backbones.timm_cnn import build_cnn_backbone
+
+    return meta, data, build_cnn_backbone(meta["backbone"], None, meta["image_size"], init_seed=meta["init_seed"])
+
+
+def padim_stages(meta, data, backbone, **changes):
+    from clipad_lib.methods import FitData, PaDiMConfig, PaDiMDetector
+
+    config = PaDiMConfig(backbone=meta["backbone"], pretrained=None, image_size=meta["image_size"],
+                         feature_dims=meta["n_features"], **{"smoothing_boundary": "mirror", **changes})
+    detector = PaDiMDetector(config, backbone)
+    detector.selected = torch.from_numpy(data["idx"]).long()  # anomalib's own channel draw
+    train = fixtures.normalize_images(data["train_images"], meta["mean"], meta["std"])
+    test = fixtures.normalize_images(data["test_images"], meta["mean"], meta["std"])
+    detector.fit(FitData(reference_images=train))
+    prediction = detector.predict(test)
+    grid = data["distance"].shape[-1]
+    return [("embedding", lambda: detector.embeddings(test).transpose(1, 2).reshape(len(test), -1, grid, grid),
+             data["embedding"]),
+            ("distance", lambda: detector.distance_map(test), data["distance"]),
+            ("maps", prediction.anomaly_maps, data["maps"]),
+            ("image_scores", prediction.image_scores, data["image_scores"].reshape(-1))]
+
+
+def _padim_tolerance(data) -> float:
+    """anomalib estimates the covariance and inverts it in float32; with 4 images and 100 channels
+    the matrix is rank 3 + 0.01 I, so its distances carry ~5e-4 relative error (this workbook works
+    in float64 and is within 3e-6 of a float64 numpy computation, tests/test_cnn_baselines.py)."""
+    return 1e-3 * float(np.abs(data["distance"]).max())
+
+
+def test_padim_matches_anomalib(padim_golden):
+    """The embedding exactly; the Mahalanobis distance, the smoothed map (anomalib's blur pads like
+    torch's 'reflect', i.e. smoothing_boundary='mirror') and the score within anomalib's float32 error."""
+    meta, data, backbone = padim_golden
+    stages = padim_stages(meta, data, backbone)
+    compare(stages[:1])
+    compare(stages[1:], tolerance=_padim_tolerance(data))
+
+
+def test_padim_departures_are_caught(padim_golden):
+    """scipy's 'reflect' boundary (the reference code's gaussian_filter, this workbook's default)
+    differs from anomalib's blur near the border; a covariance regulariser of 0.1 changes the distance."""
+    meta, data, backbone = padim_golden
+    with pytest.raises(StageMismatch) as caught:
+        compare(padim_stages(meta, data, backbone, covariance_epsilon=0.1), tolerance=_padim_tolerance(data))
+    assert caught.value.stage == "distance"
+    with pytest.raises(StageMismatch) as caught:
+        compare(padim_stages(meta, data, backbone, smoothing_boundary="reflect")[1:], tolerance=_padim_tolerance(data))
+    assert caught.value.stage == "maps"
+    from clipad_lib.methods import PaDiMConfig
+
+    assert PaDiMConfig().smoothing_boundary == "reflect"
