@@ -31,6 +31,14 @@ def check_zero_shot(auxiliary_categories: Iterable[str], test_categories: Iterab
         )
 
 
+def auxiliary_datasets(auxiliary, method: str) -> list:
+    """``FitData.auxiliary`` (one dataset or a list) as a list; None fails saying what ``method``'s
+    ``fit`` needs."""
+    if auxiliary is None:
+        raise ValueError(f"{method}.fit needs FitData(auxiliary=<annotated datasets of other categories>)")
+    return list(auxiliary) if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+
+
 class AuxiliaryTrainingSet(torch.utils.data.Dataset):
     """Annotated images of several datasets for training, optionally as 2x2 mosaics.
 

@@ -55,7 +55,7 @@ from torch import nn
 
 from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
 from ..backbones.prompted import TEXT_PLACEMENTS, PromptConfig, PromptedCLIP
-from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..io import atomic_write
 from ..losses import dice_loss, focal_loss
@@ -433,10 +433,7 @@ class AdaCLIPDetector(Detector):
 
         Shows a progress bar with the running loss; ``loss_history`` keeps the mean loss per epoch.
         """
-        auxiliary = data.auxiliary
-        if auxiliary is None:
-            raise ValueError("AdaCLIPDetector.fit needs FitData(auxiliary=<annotated datasets of other categories>)")
-        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        datasets = auxiliary_datasets(data.auxiliary, "AdaCLIPDetector")
         config = self.config
         with seeded(config.seed):
             training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)

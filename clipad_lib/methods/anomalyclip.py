@@ -66,7 +66,7 @@ from torch import nn
 
 from ..backbones import BackboneError, CheckpointError, architecture, build_clip, check_state_dict
 from ..backbones.prompted import dpam_encode_image, encode_text_embeddings, text_token_embeddings
-from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..io import atomic_write
 from ..losses import dice_loss, focal_loss
@@ -298,10 +298,7 @@ class AnomalyCLIPDetector(Detector):
 
         Shows a progress bar with the running loss; ``loss_history`` keeps the mean loss per epoch.
         """
-        auxiliary = data.auxiliary
-        if auxiliary is None:
-            raise ValueError("AnomalyCLIPDetector.fit needs FitData(auxiliary=<annotated datasets of other categories>)")
-        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        datasets = auxiliary_datasets(data.auxiliary, "AnomalyCLIPDetector")
         config = self.config
         with seeded(config.seed):
             training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
-from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
 from ..seeding import seeded
@@ -151,7 +151,7 @@ class AprilGANDetector(Detector):
 
     def _train(self, auxiliary) -> None:
         config = self.config
-        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        datasets = auxiliary_datasets(auxiliary, "AprilGANDetector")
         training_set = AuxiliaryTrainingSet(datasets, self.transform, config.mosaic_prob, config.seed)
         optimizer = torch.optim.Adam(self.projections.parameters(), lr=config.learning_rate, betas=config.betas)
         start = time.perf_counter()

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..backbones.timm_vit import (BackboneError, TimmBackbone, TimmSpec, build_timm_backbone, check_pretrained,
                                   timm_architecture, timm_family, timm_spec)
-from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, check_zero_shot
+from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
 from ..seeding import seeded
@@ -199,11 +199,7 @@ class LinearHeadsDetector(Detector):
 
         ``loss_history`` keeps the mean loss of every epoch; ``trained_categories`` what was seen.
         """
-        auxiliary = data.auxiliary
-        if auxiliary is None:
-            raise ValueError(f"{type(self).__name__}.fit needs FitData(auxiliary=<annotated datasets of other "
-                             "categories>)")
-        datasets = auxiliary if isinstance(auxiliary, (list, tuple)) else [auxiliary]
+        datasets = auxiliary_datasets(data.auxiliary, type(self).__name__)
         config = self.config
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         start = time.perf_counter()
