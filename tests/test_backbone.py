@@ -54,6 +54,22 @@ def test_local_checkpoint_round_trip_and_resize(tmp_path, tiny_backbone):
     assert resized.patch_tokens(torch.randn(1, 3, 96, 96), [1])[0][0].shape == (1, 144, 64)
 
 
+def test_positional_embedding_resize_is_bicubic_or_bilinear_as_asked(tmp_path, tiny_backbone):
+    """AnomalyCLIP's code resizes bilinearly (align_corners=False, no antialias); open_clip bicubically."""
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    native = tiny_backbone.model.visual.positional_embedding.detach()  # [1 + 8 * 8, width]
+    grid = native[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    for mode in ("bilinear", "bicubic"):
+        resized = build_clip("clipad-tiny-ViT", str(path), 96, pos_embed_antialias=False, pos_embed_interpolation=mode)
+        expected = torch.nn.functional.interpolate(grid, size=(12, 12), mode=mode, align_corners=False)
+        torch.testing.assert_close(resized.model.visual.positional_embedding.detach(),
+                                   torch.cat([native[:1], expected.permute(0, 2, 3, 1).reshape(144, -1)]))
+        assert resized.protocol()["pos_embed_resize"] == f"{mode}, no antialias"
+    with pytest.raises(BackboneError, match="pos_embed_interpolation must be one of"):
+        build_clip("clipad-tiny-ViT", str(path), 96, pos_embed_interpolation="nearest")
+
+
 def test_checkpoint_of_the_wrong_shape_names_the_tensor(tmp_path, tiny_backbone):
     state = dict(tiny_backbone.model.state_dict())
     state["visual.proj"] = torch.zeros(64, 16)

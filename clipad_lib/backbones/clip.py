@@ -52,6 +52,9 @@ class CheckpointError(BackboneError):
     """A checkpoint file does not fit the model it is loaded into."""
 
 
+POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Which CLIP to build.
@@ -61,8 +64,10 @@ class ClipSpec:
     image_size: input resolution; positional embeddings are interpolated when it differs from
         the architecture's (AdaCLIP runs ViT-L-14-336 at 518).
     quick_gelu: the activation (QuickGELU as OpenAI's CLIP was trained, else exact GELU).
-    pos_embed_antialias: how loaded positional embeddings are resized to ``image_size``: bicubic,
-        ``align_corners=False``, with or without antialiasing (the code bases differ).
+    pos_embed_antialias, pos_embed_interpolation: how loaded positional embeddings are resized to
+        ``image_size``: bicubic or bilinear, ``align_corners=False``, with or without antialiasing
+        (the code bases differ: open_clip and APRIL-GAN bicubic with antialias, AdaCLIP bicubic
+        without, AnomalyCLIP bilinear without).
     """
 
     model_name: str
@@ -70,6 +75,12 @@ class ClipSpec:
     image_size: int | None = None
     quick_gelu: bool = False
     pos_embed_antialias: bool = True
+    pos_embed_interpolation: str = "bicubic"
+
+    def __post_init__(self):
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise BackboneError(f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, "
+                                f"got {self.pos_embed_interpolation!r}")
 
 
 @dataclass(frozen=True)
@@ -125,20 +136,22 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[s
 
 
 def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
-                         pos_embed_antialias: bool = True) -> bool:
+                         pos_embed_antialias: bool = True, pos_embed_interpolation: str = "bicubic") -> bool:
     """Load an open_clip state dict into ``model``, positional embeddings resized to its
     resolution, every tensor checked first (a mismatch names each wrong tensor).
 
-    The image positional embedding keeps its class token and is resized bicubically with
-    ``align_corners=False``, antialiased or not: open_clip 3.3 antialiases, the official AdaCLIP
-    code does not. Returns whether the image positional embedding was resized."""
+    The image positional embedding keeps its class token and is resized with
+    ``pos_embed_interpolation`` (bicubic or bilinear) and ``align_corners=False``, antialiased or
+    not: open_clip 3.3 antialiases bicubically, the official AdaCLIP code resizes bicubically without
+    antialias, AnomalyCLIP's bilinearly without. Returns whether the image positional embedding was
+    resized."""
     expected = model.state_dict()
     # Half-precision files (the shipped tiny CLIP) load into the model's float32: cast first, since
     # the positional-embedding resize has no half-precision kernel on CPU.
     state_dict = {key: value.to(expected[key].dtype) if key in expected and value.is_floating_point() else value
                   for key, value in state_dict.items()}
     before = state_dict.get("visual.positional_embedding")
-    resize_pos_embed(state_dict, model, interpolation="bicubic", antialias=pos_embed_antialias)
+    resize_pos_embed(state_dict, model, interpolation=pos_embed_interpolation, antialias=pos_embed_antialias)
     resize_text_pos_embed(state_dict, model)
     check_state_dict(expected, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
@@ -146,7 +159,8 @@ def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], 
     return before is not None and tuple(before.shape) != tuple(after.shape)
 
 
-def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias: bool = True) -> bool:
+def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias: bool = True,
+                         pos_embed_interpolation: str = "bicubic") -> bool:
     """Load a local open_clip checkpoint (``.safetensors`` or a torch file read with
     ``weights_only=True``), checking every tensor first; return whether positional embeddings
     were resized."""
@@ -155,7 +169,7 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias
         state_dict = _open_clip_load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    return load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias)
+    return load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias, pos_embed_interpolation)
 
 
 class ClipBackbone(FrozenEncoder):
@@ -213,7 +227,7 @@ class ClipBackbone(FrozenEncoder):
         """The backbone's fidelity choices, for run records: activation and positional-embedding
         resize ("none" when no weights were resized to a non-native resolution)."""
         resized = self.weights_resized
-        resize = "bicubic, antialias" if self.spec.pos_embed_antialias else "bicubic, no antialias"
+        resize = f"{self.spec.pos_embed_interpolation}, {'antialias' if self.spec.pos_embed_antialias else 'no antialias'}"
         return {"activation": "quick_gelu" if self.spec.quick_gelu else "gelu",
                 "pos_embed_resize": resize if resized else "none"}
 
@@ -272,7 +286,8 @@ def _pretrained_state(model_name: str, tag: str, cache_dir, quick_gelu: bool) ->
 
 def build_clip(model_name: str, pretrained: str | None = None, image_size: int | None = None,
                device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-               quick_gelu: bool = False, init_seed: int = 0, pos_embed_antialias: bool = True) -> ClipBackbone:
+               quick_gelu: bool = False, init_seed: int = 0, pos_embed_antialias: bool = True,
+               pos_embed_interpolation: str = "bicubic") -> ClipBackbone:
     """Build a frozen CLIP backbone.
 
     Args:
@@ -288,6 +303,8 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
             backbone is the same whatever ran before; the caller's RNG state is left untouched.
         pos_embed_antialias: resize loaded positional embeddings to ``image_size`` with antialiasing
             (open_clip's and APRIL-GAN's way) or without (AdaCLIP's); see each method's config.
+        pos_embed_interpolation: ``"bicubic"`` (open_clip, AdaCLIP, APRIL-GAN) or ``"bilinear"``
+            (AnomalyCLIP's code) for that resize.
 
     Weights (a tag's or a file's) are always loaded into a model built at ``image_size``, through
     :func:`load_clip_state_dict`, so the resize rule is the same for both.
@@ -296,7 +313,7 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
     if model_name not in known:
         raise BackboneError(f"unknown CLIP architecture {model_name!r}; e.g. {', '.join(TINY_MODELS)}, "
                             "ViT-B-16, ViT-B-16-plus-240, ViT-L-14-336 (open_clip.list_models() lists all)")
-    spec = ClipSpec(model_name, pretrained, image_size, quick_gelu, pos_embed_antialias)
+    spec = ClipSpec(model_name, pretrained, image_size, quick_gelu, pos_embed_antialias, pos_embed_interpolation)
     kwargs = {"force_image_size": image_size} if image_size else {}
     if quick_gelu:
         kwargs["force_quick_gelu"] = True
@@ -311,10 +328,11 @@ def build_clip(model_name: str, pretrained: str | None = None, image_size: int |
     resized = False
     if tag_state is not None:
         state_dict, preprocess = tag_state
-        resized = load_clip_state_dict(model, state_dict, f"{model_name}/{pretrained}", pos_embed_antialias)
+        resized = load_clip_state_dict(model, state_dict, f"{model_name}/{pretrained}", pos_embed_antialias,
+                                       pos_embed_interpolation)
         set_model_preprocess_cfg(model, {**preprocess, "size": model.visual.image_size})
     elif local_path is not None:
-        resized = load_clip_checkpoint(model, local_path, pos_embed_antialias)
+        resized = load_clip_checkpoint(model, local_path, pos_embed_antialias, pos_embed_interpolation)
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipBackbone(model, spec, tokenizer, weights_resized=resized).to(device)
 

@@ -34,11 +34,10 @@ genuine multi-layer variant the paper describes.
 
 Where this differs from the official code, and why:
 
-* positional embeddings: the official code resizes them bilinearly when the model first sees
-  518 px images; :func:`~clipad_lib.backbones.build_clip` resizes bicubically
-  (``align_corners=False``, here without antialias — for an upsampling the flag changes nothing).
-  The backbone module offers no bilinear resize; at the native resolution nothing is resized and
-  the two agree (the golden test runs there);
+* positional embeddings: the official code resizes them bilinearly (``align_corners=False``, no
+  antialias) when the model first sees 518 px images; here they are resized the same way when
+  the weights load (``pos_embed_interpolation="bilinear"``; ``"bicubic"`` is open_clip's and
+  AdaCLIP's). The golden test runs at the native 224, where nothing is resized;
 * precision: the official model runs in fp16 on a GPU (and on a CPU casts the deep prompts to
   fp16 with ``.half()``); here everything is fp32;
 * the V-V and the plain attention use PyTorch's fused attention (no attention maps kept); the
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import BackboneError, CheckpointError, architecture, build_clip, check_state_dict
+from ..backbones.clip import POS_EMBED_INTERPOLATIONS
 from ..backbones.prompted import dpam_encode_image, encode_text_embeddings, text_token_embeddings
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
@@ -89,7 +89,8 @@ class AnomalyCLIPConfig(ValidatedConfig):
     backbone: str = "ViT-L-14-336"         # train.py / test.py: AnomalyCLIP_lib.load("ViT-L/14@336px")
     pretrained: str | None = "openai"      # the same call (OpenAI's weights)
     quick_gelu: bool = True                # AnomalyCLIP_lib/AnomalyCLIP.py blocks use QuickGELU
-    pos_embed_antialias: bool = False      # the official resize is bilinear without antialias (see docstring)
+    pos_embed_antialias: bool = False      # the official resize: F.interpolate(mode="bilinear"), no antialias
+    pos_embed_interpolation: str = "bilinear"  # AnomalyCLIP_lib/AnomalyCLIP.py VisionTransformer.forward
     image_size: int = 518                  # train.sh / test.sh --image_size 518 (paper §4.1)
     layers: tuple[int, ...] = (24,)        # train.sh / test.sh --features_list 24 (see docstring)
     prompt_length: int = 12                # E, learnable word embeddings: --n_ctx 12 (paper §4.1)
@@ -110,7 +111,8 @@ class AnomalyCLIPConfig(ValidatedConfig):
     seed: int = 111                        # train.py --seed 111
 
     constraints: ClassVar[dict] = {
-        **BACKBONE_CONSTRAINTS, "quick_gelu": [bool], "pos_embed_antialias": [bool], "layers": [LAYERS],
+        **BACKBONE_CONSTRAINTS, "quick_gelu": [bool], "pos_embed_antialias": [bool],
+        "pos_embed_interpolation": [Options(POS_EMBED_INTERPOLATIONS)], "layers": [LAYERS],
         "prompt_length": [POSITIVE_INT], "deep_prompt_depth": [POSITIVE_INT],
         "deep_prompt_length": [POSITIVE_INT], "dpam_blocks": [Interval(int, 0, None)], "image_ln_post": [bool],
         "temperature": [POSITIVE], "pixel_loss_weight": [NON_NEGATIVE], "gaussian_sigma": [NON_NEGATIVE],
@@ -231,7 +233,8 @@ class AnomalyCLIPDetector(Detector):
         self.config = config
         self.backbone = backbone or build_clip(config.backbone, config.pretrained, config.image_size, config.device,
                                                quick_gelu=config.quick_gelu,
-                                               pos_embed_antialias=config.pos_embed_antialias)
+                                               pos_embed_antialias=config.pos_embed_antialias,
+                                               pos_embed_interpolation=config.pos_embed_interpolation)
         self.backbone.layer_indices(config.layers)  # an unknown layer fails here, naming the valid range
         if config.dpam_blocks > self.backbone.num_layers:
             raise BackboneError(f"dpam_blocks {config.dpam_blocks} exceeds the {self.backbone.num_layers} image blocks")
