@@ -197,3 +197,20 @@ def test_learners_learn_on_synthetic_shots(name, shipped_backbone, synthetic_tra
     assert history[-1] < 0.6 * history[0], history
     assert metrics["image_auroc"] > 0.7, metrics
     assert metrics["pixel_auroc"] > pdt_on_pill["pixel_auroc"] + 0.15, (metrics, pdt_on_pill)
+
+
+def test_cocoop_and_maple_contexts_start_from_a_photo_of_a(shipped_backbone):
+    from clipad_lib.backbones.prompted import text_token_embeddings
+    from clipad_lib.methods.prompt_learning import ContextPrompts
+
+    assert CoCoOpConfig().context_init == MaPLeConfig().context_init == "a photo of a"
+    assert CoOpConfig().context_init is None  # CoOp's scripts start from random context
+    words = text_token_embeddings(shipped_backbone, shipped_backbone.tokenizer(["a photo of a"]))[0, 1:5]
+    learner = ContextPrompts(shipped_backbone, 8, 4, conditional=True, init_words="a photo of a")
+    torch.testing.assert_close(learner.prompted.text_static[0].detach(), words)
+    maple = create_detector("maple", MaPLeConfig(**SHIPPED, prompt_depth=3), shared_backbone=shipped_backbone)
+    learner = maple.build_learner()
+    torch.testing.assert_close(learner.prompted.text_static[0].detach(), words[:2])
+    assert not torch.equal(learner.prompted.text_static[1].detach()[:, :4], words[:2, :4])  # deeper: random
+    with pytest.raises(ValueError, match="has 4 tokens; the context has 6"):
+        ContextPrompts(shipped_backbone, 8, 6, init_words="a photo of a")

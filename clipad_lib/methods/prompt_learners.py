@@ -35,6 +35,7 @@ class CoOpConfig(PromptLearnerConfig):
 @dataclass(frozen=True)
 class CoCoOpConfig(PromptLearnerConfig):
     context_length: int = 4           # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml: N_CTX 4
+    context_init: str | None = "a photo of a"  # same file: CTX_INIT "a photo of a"
     epochs: int | None = 10           # same file: MAX_EPOCH 10
     learning_rate: float = 0.002      # same file: SGD, LR 0.002, cosine
     train_batch_size: int = 1         # same file: BATCH_SIZE 1
@@ -43,6 +44,7 @@ class CoCoOpConfig(PromptLearnerConfig):
 @dataclass(frozen=True)
 class MaPLeConfig(PromptLearnerConfig):
     context_length: int = 2           # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: N_CTX 2
+    context_init: str | None = "a photo of a"  # same file: CTX_INIT "a photo of a" (its first N_CTX tokens)
     prompt_depth: int = 9             # same file: PROMPT_DEPTH 9 (J, text and vision)
     epochs: int | None = 5            # same file: MAX_EPOCH 5
     learning_rate: float = 0.0035     # same file: SGD, LR 0.0035, cosine
@@ -73,7 +75,8 @@ class CoOpDetector(PromptLearningDetector):
     display_name = "CoOp"
 
     def build_learner(self) -> ContextPrompts:
-        return ContextPrompts(self.backbone, self.map_layer, self.config.context_length)
+        return ContextPrompts(self.backbone, self.map_layer, self.config.context_length,
+                              init_words=self.config.context_init)
 
 
 @register_method("cocoop", display_name="CoCoOp", config=CoCoOpConfig, fits_on=("references",),
@@ -87,7 +90,8 @@ class CoCoOpDetector(PromptLearningDetector):
     display_name = "CoCoOp"
 
     def build_learner(self) -> ContextPrompts:
-        return ContextPrompts(self.backbone, self.map_layer, self.config.context_length, conditional=True)
+        return ContextPrompts(self.backbone, self.map_layer, self.config.context_length, conditional=True,
+                              init_words=self.config.context_init)
 
 
 @register_method("maple", display_name="MaPLe", config=MaPLeConfig, fits_on=("references",),
@@ -100,7 +104,8 @@ class MaPLeDetector(PromptLearningDetector):
     display_name = "MaPLe"
 
     def build_learner(self) -> MultiModalPrompts:
-        return MultiModalPrompts(self.backbone, self.map_layer, self.config.context_length, self.config.prompt_depth)
+        return MultiModalPrompts(self.backbone, self.map_layer, self.config.context_length, self.config.prompt_depth,
+                                 init_words=self.config.context_init)
 
 
 @register_method("pdt", display_name="PDT", config=PDTConfig, fits_on=("references",),

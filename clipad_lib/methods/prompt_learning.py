@@ -40,9 +40,10 @@ done here, and why:
 Deviations forced by the backbone seams (``clipad_lib.backbones`` is the only room that may
 touch open_clip's internals, and its prompting module serves the text side):
 
-* context vectors start from N(0, 0.02) (CoOp's default "generic" initialisation); CoCoOp's and
-  MaPLe's "a photo of a" word-embedding initialisation needs the token embedding table, which no
-  public seam exposes;
+* context vectors start from N(0, 0.02) for CoOp (its scripts' random "generic" context) and from
+  the word embeddings of "a photo of a" for CoCoOp and MaPLe (``context_init``, their configs'
+  ``CTX_INIT``; MaPLe's 2 tokens are "a photo" — the rest of the phrase, which its code keeps as
+  fixed words before the class, is not kept here);
 * MaPLe's vision prompts join the token sequence after the image tower's ``ln_pre`` (the first
   block's input, :meth:`ClipBackbone.image_input_tokens`), not before it as in MaPLe's code.
 
@@ -62,7 +63,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbones import ClipBackbone, architecture, build_clip
-from ..backbones.prompted import PromptConfig, PromptedCLIP
+from ..backbones.prompted import PromptConfig, PromptedCLIP, text_token_embeddings
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
 from ..validation import Interval, Options, ValidatedConfig
@@ -110,6 +111,7 @@ class PromptLearnerConfig(PromptScoringConfig):
     """The few-shot training of a prompt learner; each learner's config sets its paper's values."""
 
     context_length: int = 16               # M learnable context tokens
+    context_init: str | None = None        # words whose embeddings start the context; None: N(0, 0.02)
     epochs: int | None = None              # None: ``epoch_table`` by shot count
     learning_rate: float = 0.002
     train_batch_size: int = 32
@@ -125,7 +127,8 @@ class PromptLearnerConfig(PromptScoringConfig):
     epoch_table: ClassVar[dict[int, int]] = {}  # shots -> epochs when ``epochs`` is None
 
     constraints: ClassVar[dict] = {
-        **PromptScoringConfig.constraints, "context_length": [POSITIVE_INT], "epochs": [POSITIVE_INT, None],
+        **PromptScoringConfig.constraints, "context_length": [POSITIVE_INT], "context_init": [str, None],
+        "epochs": [POSITIVE_INT, None],
         "learning_rate": [POSITIVE], "train_batch_size": [POSITIVE_INT], "momentum": [Interval(float, 0, 1)],
         "weight_decay": [NON_NEGATIVE], "warmup_epochs": [Interval(int, 0, None)],
         "warmup_learning_rate": [POSITIVE], "synthesis": [Options(SYNTHESES)], "anomalies_per_image": [POSITIVE_INT],
@@ -199,7 +202,7 @@ class ContextPrompts(nn.Module):
     prompts_image = False
 
     def __init__(self, backbone: ClipBackbone, map_layer: int, length: int, depth: int = 1,
-                 conditional: bool = False):
+                 conditional: bool = False, init_words: str | None = None):
         super().__init__()
         self.backbone, self.map_layer = backbone, map_layer
         self.conditional = conditional
@@ -210,7 +213,21 @@ class ContextPrompts(nn.Module):
             # PromptedCLIP adds its dynamic text prompts to the static ones at every prompted
             # layer; CoCoOp's meta-net takes the place of AdaCLIP's per-token generator there.
             self.prompted.text_dynamic = MetaNet(backbone.embed_dim, self.prompted.text_width, length)
+        if init_words:
+            self._start_from_words(init_words, length)
         self._tokens: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _start_from_words(self, words: str, length: int) -> None:
+        """The first layer's context starts as the token embeddings of the first ``length`` tokens of
+        ``words`` (CoCoOp's and MaPLe's ``CTX_INIT "a photo of a"``); deeper layers keep N(0, 0.02)."""
+        tokens = self.backbone.tokenizer([words])
+        count = int(tokens.argmax(dim=-1)) - 1  # word tokens between start and end of text
+        if count < length:
+            raise ValueError(f"context_init {words!r} has {count} tokens; the context has {length}: give at least "
+                             f"{length} tokens of words, or context_init=None for a random start")
+        embeddings = text_token_embeddings(self.backbone, tokens.to(next(self.backbone.parameters()).device))
+        self.prompted.text_static[0].copy_(embeddings[0, 1:1 + length])
 
     @property
     def text_width(self) -> int:
@@ -268,8 +285,9 @@ class MultiModalPrompts(ContextPrompts):
 
     prompts_image = True
 
-    def __init__(self, backbone: ClipBackbone, map_layer: int, length: int, depth: int):
-        super().__init__(backbone, map_layer, length, depth)
+    def __init__(self, backbone: ClipBackbone, map_layer: int, length: int, depth: int,
+                 init_words: str | None = None):
+        super().__init__(backbone, map_layer, length, depth, init_words=init_words)
         self.length, self.depth = length, depth
         self.couplers = nn.ModuleList(nn.Linear(self.text_width, backbone.width) for _ in range(depth))
 
