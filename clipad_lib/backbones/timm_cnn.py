@@ -22,12 +22,11 @@ from typing import Sequence
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import model_entrypoint
 from torch import nn
 
 from ..seeding import seeded
 from .frozen import BackboneError, FrozenEncoder
-from .timm_vit import check_pretrained, is_checkpoint_path, load_timm_checkpoint
+from .timm_vit import check_pretrained, is_checkpoint_path, load_timm_checkpoint, timm_module
 
 RESNET_MODULE = "timm.models.resnet"
 STAGES = (1, 2, 3, 4)  # layer1..layer4; timm's feature index 0 is the stem (act1)
@@ -44,13 +43,7 @@ class CNNSpec:
 
 def check_cnn_architecture(model_name: str) -> None:
     """Fail unless ``model_name`` is a timm ResNet-family architecture (ResNet, WideResNet, ResNeXt)."""
-    if "." in model_name:
-        raise BackboneError(f"give the timm architecture without a tag ({model_name.split('.')[0]!r}) and the "
-                            f"tag as pretrained ({model_name.split('.', 1)[1]!r})")
-    if not timm.is_model(model_name):
-        raise BackboneError(f"unknown timm model {model_name!r}; e.g. wide_resnet50_2, resnet18 "
-                            "(timm.list_models('*resnet*') lists them)")
-    module = model_entrypoint(model_name).__module__
+    module = timm_module(model_name, "wide_resnet50_2, resnet18")
     if module != RESNET_MODULE:
         raise BackboneError(f"{model_name} is a {module} model; the CNN baselines read ResNet stages "
                             f"layer1..layer4 ({RESNET_MODULE}: resnet18, wide_resnet50_2, ...)")

@@ -56,14 +56,19 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def timm_family(model_name: str) -> str:
+def timm_module(model_name: str, examples: str) -> str:
+    """The timm module that defines ``model_name`` (an architecture without a pretrained tag);
+    a tagged or unknown name fails, the latter listing ``examples``."""
     if "." in model_name:
         raise BackboneError(f"give the timm architecture without a tag ({model_name.split('.')[0]!r}) and the "
                             f"tag as pretrained ({model_name.split('.', 1)[1]!r})")
     if not timm.is_model(model_name):
-        raise BackboneError(f"unknown timm model {model_name!r}; e.g. vit_small_patch14_dinov2, samvit_large_patch16 "
-                            "(timm.list_models() lists all)")
-    module = model_entrypoint(model_name).__module__
+        raise BackboneError(f"unknown timm model {model_name!r}; e.g. {examples} (timm.list_models() lists all)")
+    return model_entrypoint(model_name).__module__
+
+
+def timm_family(model_name: str) -> str:
+    module = timm_module(model_name, "vit_small_patch14_dinov2, samvit_large_patch16")
     if module not in FAMILIES:
         raise BackboneError(f"{model_name} is a {module} model; linear heads support plain ViTs "
                             "(timm.models.vision_transformer, e.g. DINOv2) and SAM's image encoder "
