@@ -11,6 +11,14 @@ if TYPE_CHECKING:
     from .data.auxiliary import AuxiliaryTrainingSet
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimizer step on ``loss`` (gradients cleared first); returns the loss as a float."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_epochs(step: Callable[[dict], torch.Tensor], optimizer: torch.optim.Optimizer,
                  training_set: AuxiliaryTrainingSet, *, epochs: int, batch_size: int, seed: int,
                  desc: str) -> list[float]:
@@ -28,11 +36,7 @@ def train_epochs(step: Callable[[dict], torch.Tensor], optimizer: torch.optim.Op
         losses = []
         progress = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False)
         for batch in progress:
-            loss = step(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(gradient_step(optimizer, step(batch)))
             progress.set_postfix(loss=f"{np.mean(losses):.4f}")
         history.append(float(np.mean(losses)))
     return history

@@ -48,6 +48,7 @@ from ..backbones import build_clip
 from ..data.transforms import ImageTransform
 from ..feature_cache import FeatureCache
 from ..losses import cross_modal_contrastive
+from ..training import gradient_step
 from ..validation import Each, Options, ValidatedConfig
 from .base import BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Detector, FitData, Prediction
 from .registry import register_method
@@ -413,11 +414,7 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
             losses = []
             for start in range(0, shots, batch_size):
                 normal, anomalous = batch_features(order[start:start + batch_size], epoch)
-                loss = self.training_loss(head, normal, anomalous, text)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+                losses.append(gradient_step(optimizer, self.training_loss(head, normal, anomalous, text)))
             self.loss_history.append(float(np.mean(losses)))
             progress.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
             if epoch + 1 in config.snapshot_epochs:

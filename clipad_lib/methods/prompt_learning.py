@@ -66,6 +66,7 @@ from ..backbones import ClipBackbone, architecture, build_clip
 from ..backbones.prompted import PromptConfig, PromptedCLIP, text_token_embeddings
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
+from ..training import gradient_step
 from ..validation import Interval, Options, ValidatedConfig
 from .base import (BACKBONE_CONSTRAINTS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SMOOTHING_BOUNDARIES, Detector,
                    FitData, Prediction, gaussian_smooth, upsample_maps, upsample_patch_logits)
@@ -462,10 +463,7 @@ class PromptLearningDetector(Detector):
                     probabilities = logits.softmax(dim=1)
                     loss = loss + config.focal_weight * focal_loss(probabilities, masks) \
                         + config.dice_weight * dice_loss(probabilities[:, 1], masks)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+                losses.append(gradient_step(optimizer, loss))
             self.loss_history.append(float(np.mean(losses)))
             progress.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
 

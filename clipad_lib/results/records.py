@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import paths
+from ..data.kshot import FULL_SHOT
 from ..io import atomic_write
 
 TRACKED_PACKAGES = ("clipad", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
@@ -65,14 +66,14 @@ ZERO_SHOT = "zero-shot"
 def few_shot_setting(k: int | str) -> str:
     """The setting of a k-shot run, as the papers' tables write it: ``"4-shot"``; ``"full"`` (every
     normal training image) -> ``"full-shot"``."""
-    return "full-shot" if k == "full" else f"{int(k)}-shot"
+    return f"{FULL_SHOT}-shot" if k == FULL_SHOT else f"{int(k)}-shot"
 
 
 def run_tag(setting: str, variant: str = "", train_data: str = "") -> str:
     """The folder name of a run's records: ``"4-shot"`` -> ``"4shot"``, a variant appended
     (``"4shot-losses-both"``); ``"zero-shot"`` stays as it is. Only paths use it."""
     shots = setting.removesuffix("-shot")
-    tag = f"{shots}shot" if shots.isdigit() or shots == "full" else setting
+    tag = f"{shots}shot" if shots.isdigit() or shots == FULL_SHOT else setting
     trained = f"on-{train_data}" if train_data else ""
     return "-".join(part for part in (tag, variant, trained) if part)
 
