@@ -1,6 +1,7 @@
 """Headless execution of the notebooks with papermill, one profile at a time."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -8,6 +9,7 @@ from typing import Sequence
 import yaml
 
 from . import paths
+from .jobs import JobState, job_fingerprint, now
 from .profiles import profile_parameters
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
@@ -45,57 +47,160 @@ def resolve_notebooks(names: Sequence[str]) -> list[Path]:
     return resolved
 
 
+def declared_parameters(notebook: Path) -> dict[str, object]:
+    """``{name: default}`` of a notebook's parameters cell; a default that is not a literal is
+    ``...`` (its type is then not checked)."""
+    import ast
+
+    import papermill
+
+    declared = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            declared[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            declared[name] = ...
+    return declared
+
+
+def _kind(value) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list",
+            dict: "dict"}.get(type(value), type(value).__name__)
+
+
+def _check_type(notebook: Path, key: str, value, references: Sequence, source: str) -> None:
+    """A value must have the type of the notebook's default or of the profile's value (None is
+    always allowed: it means "the method's default" or "none" throughout the notebooks; an int is a float)."""
+    kinds = {_kind(r) for r in references if r is not None and r is not ...}
+    if value is None or not kinds or any(r is ... for r in references):
+        return
+    given = _kind(value)
+    if given in kinds or (given == "int" and "float" in kinds):
+        return
+    raise ValueError(f"{notebook.name}: parameter {key!r} ({source}) expects {' or '.join(sorted(kinds))} like "
+                     f"{next(r for r in references if r is not None)!r}, got {given} {value!r}")
+
+
 def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: bool,
-                        results_dir: Path) -> dict:
+                        results_dir: Path, declared: dict | None = None) -> dict:
     """The parameters papermill injects: the profile's ``common`` values the notebook declares,
     its own section of the profile (``profiles/<profile>.yaml``), results_dir/resume, overrides.
 
-    A key of the notebook's own section or an override that the notebook does not declare is
-    an error (a typo would silently do nothing).
+    A key of the notebook's own section or an override that the notebook does not declare is an
+    error (a typo would silently do nothing); so is a value whose type differs from the
+    notebook's default and the profile's value (``seeds=notalist``), before anything runs.
     """
-    import papermill
-
-    declared = set(papermill.inspect_notebook(str(notebook)))
+    declared = declared_parameters(notebook) if declared is None else declared
     common, own = profile_parameters(profile, notebook.stem)
     for source, keys in (("override(s)", overrides), (f"profiles/{profile}.yaml section {notebook.stem!r}", own)):
-        unknown = sorted(set(keys) - declared)
+        unknown = sorted(set(keys) - set(declared))
         if unknown:
             raise ValueError(f"{notebook.name} has no parameter(s) {unknown} ({source}); it declares {sorted(declared)}")
+    for key, value in own.items():
+        _check_type(notebook, key, value, [declared[key]], f"profiles/{profile}.yaml")
+    for key, value in overrides.items():
+        _check_type(notebook, key, value, [declared[key], *([own[key]] if key in own else [])], "-p override")
     values = {**{k: v for k, v in common.items() if k in declared}, **own,
               "results_dir": str(results_dir), "resume": resume, **overrides}
     return {key: value for key, value in values.items() if key in declared}
 
 
+def plan_parameters(notebooks: Sequence[Path], profile: str, overrides: dict, resume: bool,
+                    results_dir: Path) -> list[dict]:
+    """Every notebook's parameters, all checked before the first notebook starts.
+
+    An override goes to the notebooks that declare it; one that no selected notebook declares is
+    refused, and one that only some declare is announced (so a typo never passes silently).
+    """
+    declared = {notebook: declared_parameters(notebook) for notebook in notebooks}
+    nowhere = sorted(k for k in overrides if not any(k in d for d in declared.values()))
+    if nowhere and len(notebooks) > 1:  # (one notebook: notebook_parameters names it and what it declares)
+        listing = "; ".join(f"{n.stem}: {', '.join(sorted(d))}" for n, d in declared.items())
+        raise ValueError(f"no selected notebook has the parameter(s) {nowhere}; they declare: {listing}")
+    if len(notebooks) > 1:
+        for key in sorted(overrides):
+            takers = [n.stem for n, d in declared.items() if key in d]
+            if len(takers) < len(notebooks):
+                print(f"[clipad] -p {key} applies to {', '.join(takers)} only (the others do not declare it)", flush=True)
+    return [notebook_parameters(notebook, profile, {k: v for k, v in overrides.items()
+                                                    if k in declared[notebook] or len(notebooks) == 1},
+                                resume, results_dir, declared[notebook])
+            for notebook in notebooks]
+
+
+def _failure_message(exc: BaseException, cell_timeout: int | None) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        source = "\n".join("    " + line for line in (exc.source or "").splitlines()[:12])
+        return (f"cell {exc.cell_index} (execution count {exc.exec_count}) raised "
+                f"{exc.ename}: {exc.evalue}\n{source}")
+    if isinstance(exc, TimeoutError):  # nbclient's CellTimeoutError is a TimeoutError
+        return f"a cell ran past the {cell_timeout} s cell timeout: {exc}"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return f"interrupted ({type(exc).__name__})"
+    return f"the kernel or papermill failed: {type(exc).__name__}: {exc}"  # e.g. nbclient's DeadKernelError
+
+
+def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key: str | None = None,
+                     output_dir: Path | None = None, progress: bool = True,
+                     cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S, executor: str = "local",
+                     batch_job_id: str | None = None) -> NotebookResult:
+    """Execute one notebook (or shard) into ``output_dir/<key>.ipynb``, recording the job's state.
+
+    The execution writes ``<key>.running.ipynb``; only a run that ends well replaces
+    ``<key>.ipynb`` (so the last good executed copy survives a failed run). A failed run is kept as
+    ``<key>.failed.ipynb``, an interrupted one as ``<key>.interrupted.ipynb``; a run killed hard
+    leaves ``<key>.running.ipynb`` and a ``running`` state that :mod:`clipad_lib.jobs` reports as
+    killed. The state file (``results_dir/jobs/<key>.json``) says which.
+    """
+    import papermill
+
+    key = key or notebook.stem
+    output_dir = Path(output_dir or results_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final, running = output_dir / f"{key}.ipynb", output_dir / f"{key}.running.ipynb"
+    state = JobState(key=key, notebook=notebook.stem, state="running", fingerprint=job_fingerprint(notebook, parameters),
+                     output=str(running), executor=executor, batch_job_id=batch_job_id)
+    state.write(results_dir)
+    try:
+        papermill.execute_notebook(str(notebook), str(running), parameters=parameters, kernel_name="python3",
+                                   cwd=str(notebook.parent), progress_bar=progress, execution_timeout=cell_timeout)
+    except BaseException as exc:
+        message = _failure_message(exc, cell_timeout)
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        kept = output_dir / f"{key}.{'interrupted' if interrupted else 'failed'}.ipynb"
+        if running.exists():
+            os.replace(running, kept)
+        state.state, state.ended, state.error, state.output = "failed", now(), message, str(kept)
+        state.write(results_dir)
+        if interrupted:
+            raise
+        print(f"[clipad] FAILED {key}: {message}", flush=True)
+        return NotebookResult(notebook, kept, False, message)
+    os.replace(running, final)
+    for stale in (output_dir / f"{key}.failed.ipynb", output_dir / f"{key}.interrupted.ipynb"):
+        stale.unlink(missing_ok=True)
+    state.state, state.ended, state.output = "done", now(), str(final)
+    state.write(results_dir)
+    return NotebookResult(notebook, final, True)
+
+
 def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = None, resume: bool = False,
                   results_root: Path | None = None, progress: bool = True,
                   cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S) -> list[NotebookResult]:
-    """Execute notebooks into ``results/<profile>/``; a failing notebook does not stop the others.
+    """Execute notebooks one after the other into ``results/<profile>/``; a failing notebook does
+    not stop the others. Every notebook's parameters are checked before the first one starts.
 
     A cell running longer than ``cell_timeout`` seconds fails its notebook (None: no limit).
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     results_dir = Path(results_root) if results_root else paths.results_dir(profile)
     results_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = resolve_notebooks(names)
+    planned = list(zip(notebooks, plan_parameters(notebooks, profile, overrides or {}, resume, results_dir)))
     results = []
-    for notebook in resolve_notebooks(names):
-        output = results_dir / notebook.name
-        parameters = notebook_parameters(notebook, profile, overrides or {}, resume, results_dir)
-        print(f"[clipad] {notebook.name} ({profile}) -> {output}", flush=True)
-        try:
-            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                                       cwd=str(notebook.parent), progress_bar=progress,
-                                       execution_timeout=cell_timeout)
-            results.append(NotebookResult(notebook, output, True))
-        except TimeoutError as exc:  # nbclient's CellTimeoutError is a TimeoutError
-            message = f"a cell ran past the {cell_timeout} s cell timeout: {exc}"
-            print(f"[clipad] FAILED {notebook.name}: {message}", flush=True)
-            results.append(NotebookResult(notebook, output, False, message))
-        except PapermillExecutionError as exc:
-            source = "\n".join("    " + line for line in (exc.source or "").splitlines()[:12])
-            message = (f"cell {exc.cell_index} (execution count {exc.exec_count}) raised "
-                       f"{exc.ename}: {exc.evalue}\n{source}")
-            print(f"[clipad] FAILED {notebook.name}: {message}", flush=True)
-            results.append(NotebookResult(notebook, output, False, message))
+    for notebook, parameters in planned:
+        print(f"[clipad] {notebook.name} ({profile}) -> {results_dir / notebook.name}", flush=True)
+        results.append(execute_notebook(notebook, parameters, results_dir, progress=progress,
+                                        cell_timeout=cell_timeout))
     return results

@@ -239,9 +239,17 @@ def ensure_synthetic_dataset(seed: int = 0, spec: SyntheticSpec = SyntheticSpec(
         (staging / "GENERATED.json").write_text(
             json.dumps({"generator_version": GENERATOR_VERSION, "seed": seed, **spec.__dict__}, indent=2)
         )
+        if marker.is_file():  # another process (a parallel batch job) finished first: keep its copy
+            shutil.rmtree(staging, ignore_errors=True)
+            return root
         if root.exists():  # an incomplete leftover without marker
             shutil.rmtree(root)
-        os.replace(staging, root)
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not marker.is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # lost the race to a complete copy
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
