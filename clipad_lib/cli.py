@@ -11,6 +11,8 @@ def _run(args) -> int:
     from .runner import parse_parameter, run_notebooks
 
     overrides = dict(parse_parameter(p) for p in args.parameter)
+    if args.executor == "slurm":
+        return _run_on_slurm(args, overrides)
     results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume,
                             cell_timeout=args.cell_timeout or None)
     failed = [r for r in results if not r.ok]
@@ -18,6 +20,87 @@ def _run(args) -> int:
     for result in failed:
         print(f"  {result.notebook.name}: {result.error.splitlines()[0]} (executed copy: {result.output})")
     return 1 if failed else 0
+
+
+def _run_on_slurm(args, overrides: dict) -> int:
+    from . import paths
+    from .cluster import JobsInFlight, SlurmOptions, plan_jobs, submit_to_slurm, wait_for_jobs
+
+    results_dir = paths.results_dir(args.profile)
+    jobs = plan_jobs(args.notebooks, args.profile, overrides, resume=args.resume, results_dir=results_dir)
+    gpus = args.gpus if args.gpus is not None else (1 if args.profile == "paper" else 0)
+    options = SlurmOptions(partition=args.slurm_partition, gpus=gpus, time_minutes=args.time, mem_gb=args.mem,
+                           cpus=args.cpus, array_parallelism=args.array_parallelism,
+                           cell_timeout=args.cell_timeout or None)
+    try:
+        plan, submitted = submit_to_slurm(jobs, options, resume=args.resume)
+    except JobsInFlight as exc:
+        print(f"clipad: error: {exc}", file=sys.stderr)
+        return 2
+    for key in plan.up_to_date:
+        print(f"[clipad] up to date, not submitted: {key}")
+    for status in plan.in_flight:
+        print(f"[clipad] still {status.state}, not submitted again: {status.key} (SLURM job {status.batch_job_id})")
+    for record in submitted:
+        after = f" after {', '.join(record.depends_on)}" if record.depends_on else ""
+        print(f"[clipad] submitted {record.key} as SLURM job {record.batch_job_id}{after}")
+    print(f"[clipad] {len(submitted)} job(s) submitted to SLURM; logs in {submitted[0].log_folder if submitted else '-'}; "
+          f"follow them with: clipad status --profile {args.profile}")
+    if not args.wait:
+        return 0
+    keys = [record.key for record in submitted] + [status.key for status in plan.in_flight]
+    statuses = wait_for_jobs(results_dir, keys, poll_seconds=args.poll,
+                             on_change=lambda found: print("[clipad] " + ", ".join(
+                                 f"{s.key}: {s.state}" for s in found if s is not None), flush=True))
+    print(_format_statuses(statuses))
+    return 0 if all(s.state == "done" for s in statuses) else 1
+
+
+def _format_statuses(statuses) -> str:
+    if not statuses:
+        return "no jobs recorded"
+    width = max(len(s.key) for s in statuses)
+    lines = [f"{'state':<8} {'job':<{width}} {'SLURM job':<10} detail"]
+    for s in statuses:
+        lines.append(f"{s.state:<8} {s.key:<{width}} {s.batch_job_id or '-':<10} {s.detail}")
+        if s.state in ("failed", "killed") and (s.output or s.log_folder):
+            where = s.output or s.log_folder
+            lines.append(f"{'':<8} {'':<{width}} {'':<10} see {where}")
+    return "\n".join(lines)
+
+
+def _status(args) -> int:
+    import json
+    from collections import Counter
+
+    from . import paths
+    from .jobs import job_statuses
+
+    results_dir = paths.results_dir(args.profile)
+    statuses = job_statuses(results_dir)
+    record_files = sorted((results_dir / "records").rglob("*.json")) if (results_dir / "records").is_dir() else []
+    runs = Counter(path.relative_to(results_dir / "records").parts[0] for path in record_files)
+    if args.json:
+        print(json.dumps({"results_dir": str(results_dir), "jobs": [s.__dict__ for s in statuses],
+                          "records": dict(sorted(runs.items()))}, indent=2))
+    else:
+        print(f"jobs in {results_dir / 'jobs'}:")
+        print(_format_statuses(statuses))
+        print(f"\n{len(record_files)} run record(s) in {results_dir / 'records'}"
+              + (f", {len(runs)} run(s):" if runs else ""))
+        for run, count in sorted(runs.items()):
+            print(f"  {run:<50} {count}")
+    return 1 if any(s.state in ("failed", "killed") for s in statuses) else 0
+
+
+def _check(args) -> int:
+    from .preflight import check_notebooks
+    from .runner import parse_parameter
+
+    overrides = dict(parse_parameter(p) for p in args.parameter)
+    report = check_notebooks(args.notebooks, args.profile, overrides, deep=args.deep)
+    print(report.to_json() if args.json else report.format())
+    return 0 if report.ok else 1
 
 
 def _verify(args) -> int:
@@ -61,7 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="reuse run records whose inputs and code are unchanged")
     run.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
                      help="fail a notebook whose cell runs longer than this (0: no limit)")
+    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+                     help="local: one notebook after the other here (default); slurm: one job per notebook "
+                          "or shard, submitted with submitit")
+    slurm = run.add_argument_group("SLURM (--executor slurm)")
+    slurm.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's default)")
+    slurm.add_argument("--gpus", type=int, default=None, help="GPUs per job (default: 1 for paper, 0 for smoke)")
+    slurm.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES", help="time limit per job")
+    slurm.add_argument("--mem", type=int, default=None, metavar="GB", help="memory per job")
+    slurm.add_argument("--cpus", type=int, default=None, help="CPUs per job")
+    slurm.add_argument("--array-parallelism", type=int, default=16, help="array jobs running at once")
+    slurm.add_argument("--wait", action="store_true", help="wait for the jobs to end and print their states")
+    slurm.add_argument("--poll", type=float, default=30.0, metavar="SECONDS", help="how often --wait looks")
     run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check", help="preflight: does each notebook find its datasets, weights, GPU, disk?")
+    check.add_argument("notebooks", nargs="*", help="notebook names or paths (default: all)")
+    check.add_argument("--profile", choices=("smoke", "paper"), default="paper")
+    check.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                       help="the override clipad run would get (value read as YAML); repeatable")
+    check.add_argument("--deep", action="store_true", help="also decode every image and mask of every dataset")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(handler=_check)
+
+    status = commands.add_parser("status", help="the jobs and run records of a profile's results folder")
+    status.add_argument("--profile", choices=("smoke", "paper"), default="smoke")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
 
     data = commands.add_parser("data", help="dataset manifests")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -18,7 +18,7 @@ LAYERS = [
     {"methods"},
     {"results", "papers"},
     {"engine", "viz", "profiles"},
-    {"runner", "cli"},
+    {"runner", "jobs", "cluster", "preflight", "cli"},
 ]
 LAYER_OF = {room: depth for depth, rooms in enumerate(LAYERS) for room in rooms}
 # open_clip attributes that only backbones/ may touch.

@@ -31,8 +31,9 @@ def _load(profile: str) -> dict:
     if not path.is_file():
         raise ValueError(f"unknown profile {profile!r}; choose one of {available_profiles()}")
     data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or set(data) - {"common", "notebooks", "shared"}:
-        raise ValueError(f"{path} must hold the sections 'common', 'notebooks' (and 'shared' for anchors)")
+    if not isinstance(data, dict) or set(data) - {"common", "notebooks", "shared", "shards"}:
+        raise ValueError(f"{path} must hold the sections 'common', 'notebooks' (and 'shared' for anchors, "
+                         f"'shards' for the batch jobs' split); it has {sorted(data) if isinstance(data, dict) else data!r}")
     return data
 
 
@@ -47,3 +48,24 @@ def profile_parameters(profile: str, notebook: str | None = None) -> tuple[dict,
     empty when the profile has none for it). Copies; the caller may change them."""
     common, notebooks = profile_sections(profile)
     return common, dict(notebooks.get(notebook, {})) if notebook else {}
+
+
+def profile_shards(profile: str) -> dict[str, list[dict]]:
+    """``{notebook stem: [shard axis, ...]}`` from the profile's ``shards`` section, each axis
+    ``{"parameter": name, "groups": [[element, ...], ...] or None}`` (see :mod:`clipad_lib.cluster`)."""
+    section = _load(profile).get("shards") or {}
+    shards = {}
+    for stem, axes in section.items():
+        if not isinstance(axes, list):
+            raise ValueError(f"profiles/{profile}.yaml shards.{stem} must be a list of axes, got {axes!r}")
+        checked = []
+        for axis in axes:
+            if not isinstance(axis, dict) or "parameter" not in axis or set(axis) - {"parameter", "groups"}:
+                raise ValueError(f"profiles/{profile}.yaml shards.{stem}: each axis is "
+                                 f"{{parameter: name, groups: [[...], ...]}} (groups optional), got {axis!r}")
+            groups = axis.get("groups")
+            if groups is not None and not (isinstance(groups, list) and all(isinstance(g, list) for g in groups)):
+                raise ValueError(f"profiles/{profile}.yaml shards.{stem}: groups must be a list of lists, got {groups!r}")
+            checked.append({"parameter": axis["parameter"], "groups": groups})
+        shards[stem] = checked
+    return shards
