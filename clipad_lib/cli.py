@@ -1,10 +1,14 @@
-"""The ``clipad`` command: run notebooks headless, check and generate datasets."""
+"""The ``clipad`` command: run notebooks headless (here or as SLURM jobs), follow them (``status``),
+check what they need before running (``check``), and list, verify and generate datasets (``data``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .profiles import available_profiles
 from .runner import DEFAULT_CELL_TIMEOUT_S
+
+PROFILES = tuple(available_profiles())
 
 
 def _run(args) -> int:
@@ -13,18 +17,24 @@ def _run(args) -> int:
     overrides = dict(parse_parameter(p) for p in args.parameter)
     if args.executor == "slurm":
         return _run_on_slurm(args, overrides)
+    ignored = [flag for flag, value in (("--slurm-partition", args.slurm_partition), ("--gpus", args.gpus),
+                                        ("--mem", args.mem), ("--cpus", args.cpus), ("--wait", args.wait)) if value]
+    if ignored:
+        print(f"[clipad] {', '.join(ignored)} only apply with --executor slurm; running here, one notebook after "
+              "the other", flush=True)
     results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume,
                             cell_timeout=args.cell_timeout or None)
     failed = [r for r in results if not r.ok]
     print(f"[clipad] {len(results) - len(failed)} notebook(s) ran, {len(failed)} failed")
     for result in failed:
-        print(f"  {result.notebook.name}: {result.error.splitlines()[0]} (executed copy: {result.output})")
+        copy = f" (executed copy: {result.output})" if result.output.exists() else " (no executed copy)"
+        print(f"  {result.notebook.name}: {result.error.splitlines()[0]}{copy}")
     return 1 if failed else 0
 
 
 def _run_on_slurm(args, overrides: dict) -> int:
     from . import paths
-    from .cluster import JobsInFlight, SlurmOptions, plan_jobs, submit_to_slurm, wait_for_jobs
+    from .cluster import JobsInFlight, SlurmOptions, SubmissionFailed, plan_jobs, submit_to_slurm, wait_for_jobs
 
     results_dir = paths.results_dir(args.profile)
     jobs = plan_jobs(args.notebooks, args.profile, overrides, resume=args.resume, results_dir=results_dir)
@@ -34,13 +44,17 @@ def _run_on_slurm(args, overrides: dict) -> int:
                            cell_timeout=args.cell_timeout or None)
     try:
         plan, submitted = submit_to_slurm(jobs, options, resume=args.resume)
-    except JobsInFlight as exc:
+    except (JobsInFlight, SubmissionFailed) as exc:
         print(f"clipad: error: {exc}", file=sys.stderr)
         return 2
     for key in plan.up_to_date:
         print(f"[clipad] up to date, not submitted: {key}")
     for status in plan.in_flight:
-        print(f"[clipad] still {status.state}, not submitted again: {status.key} (SLURM job {status.batch_job_id})")
+        stale = " (it runs other inputs than this command's: cancel it and re-run to replace it)" \
+            if status.key in plan.stale_in_flight else ""
+        print(f"[clipad] still {status.state}, not submitted again: {status.key} (SLURM job {status.batch_job_id}){stale}")
+    for status in plan.cancel:
+        print(f"[clipad] cancelled queued {status.key} (SLURM job {status.batch_job_id}): it waits for a new shard")
     for record in submitted:
         after = f" after {', '.join(record.depends_on)}" if record.depends_on else ""
         print(f"[clipad] submitted {record.key} as SLURM job {record.batch_job_id}{after}")
@@ -60,12 +74,13 @@ def _format_statuses(statuses) -> str:
     if not statuses:
         return "no jobs recorded"
     width = max(len(s.key) for s in statuses)
-    lines = [f"{'state':<8} {'job':<{width}} {'SLURM job':<10} detail"]
+    ids = max(12, *(len(s.batch_job_id or "") for s in statuses))
+    lines = [f"{'state':<8} {'job':<{width}} {'SLURM job':<{ids}} detail"]
     for s in statuses:
-        lines.append(f"{s.state:<8} {s.key:<{width}} {s.batch_job_id or '-':<10} {s.detail}")
+        lines.append(f"{s.state:<8} {s.key:<{width}} {s.batch_job_id or '-':<{ids}} {s.detail}")
         if s.state in ("failed", "killed") and (s.output or s.log_folder):
             where = s.output or s.log_folder
-            lines.append(f"{'':<8} {'':<{width}} {'':<10} see {where}")
+            lines.append(f"{'':<8} {'':<{width}} {'':<{ids}} see {where}")
     return "\n".join(lines)
 
 
@@ -98,7 +113,7 @@ def _check(args) -> int:
     from .runner import parse_parameter
 
     overrides = dict(parse_parameter(p) for p in args.parameter)
-    report = check_notebooks(args.notebooks, args.profile, overrides, deep=args.deep)
+    report = check_notebooks(args.notebooks, args.profile, overrides, deep=args.deep, device=not args.skip_device)
     print(report.to_json() if args.json else report.format())
     return 0 if report.ok else 1
 
@@ -138,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="execute notebooks with papermill into results/<profile>/")
     run.add_argument("notebooks", nargs="*", help="notebook names or paths (default: all, in order)")
-    run.add_argument("--profile", choices=("smoke", "paper"), default="smoke")
+    run.add_argument("--profile", choices=PROFILES, default="smoke")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (value read as YAML); repeatable")
     run.add_argument("--resume", action="store_true", help="reuse run records whose inputs and code are unchanged")
@@ -160,15 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="preflight: does each notebook find its datasets, weights, GPU, disk?")
     check.add_argument("notebooks", nargs="*", help="notebook names or paths (default: all)")
-    check.add_argument("--profile", choices=("smoke", "paper"), default="paper")
+    check.add_argument("--profile", choices=PROFILES, default="paper")
     check.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                        help="the override clipad run would get (value read as YAML); repeatable")
     check.add_argument("--deep", action="store_true", help="also decode every image and mask of every dataset")
+    check.add_argument("--skip-device", action="store_true",
+                       help="do not check CUDA and GPU memory (on a login node without GPU)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(handler=_check)
 
     status = commands.add_parser("status", help="the jobs and run records of a profile's results folder")
-    status.add_argument("--profile", choices=("smoke", "paper"), default="smoke")
+    status.add_argument("--profile", choices=PROFILES, default="smoke")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 

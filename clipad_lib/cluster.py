@@ -28,13 +28,17 @@ missing, failed, killed or stale, and reuses every unchanged run record inside t
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import paths
-from .jobs import JobStatus, Submission, batch_job_id_from_environment, job_fingerprint, job_status, queued_for
+from .jobs import (JobStatus, Submission, batch_job_id_from_environment, job_fingerprint, job_status, queue_for,
+                   read_state)
 from .profiles import profile_shards
 from .runner import DEFAULT_CELL_TIMEOUT_S, NotebookResult, execute_notebook, plan_parameters, resolve_notebooks
 
@@ -139,10 +143,24 @@ def run_job(job: NotebookJob, executor: str = "slurm", cell_timeout: int | None 
             ) -> NotebookResult:
     """What a batch job runs on its node: execute the notebook, record its state; raise when it
     failed, so that SLURM marks the job failed and cancels the jobs waiting on it."""
-    result = execute_notebook(job.notebook, job.parameters, job.results_dir, key=job.key, output_dir=job.output_dir,
-                              progress=False, cell_timeout=cell_timeout, executor=executor,
-                              batch_job_id=batch_job_id_from_environment())
+    signals: list[int] = []
+    # SLURM stops a job with SIGTERM (scancel, the time limit, preemption) before SIGKILL; the kernel
+    # dies of it and papermill reports a dead kernel, so remember why for the job's state.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers may be set
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signals.append(signum)) if in_main_thread else None
+    try:
+        result = execute_notebook(job.notebook, job.parameters, job.results_dir, key=job.key,
+                                  output_dir=job.output_dir, progress=False, cell_timeout=cell_timeout,
+                                  executor=executor, batch_job_id=batch_job_id_from_environment())
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if not result.ok:
+        state = read_state(job.results_dir, job.key)
+        if signals and state is not None:
+            state.error = f"stopped by SLURM (SIGTERM: scancel, the time limit or preemption); {state.error}"
+            state.write(job.results_dir)
+            result.error = state.error
         raise RuntimeError(f"{job.key} failed: {result.error}")
     return result
 
@@ -175,43 +193,56 @@ class SlurmOptions:
 @dataclass
 class SubmissionPlan:
     submit: list[NotebookJob]
-    up_to_date: list[str]            # keys whose result is done with the same fingerprint
-    in_flight: list[JobStatus]       # queued or running now
+    up_to_date: list[str]                  # keys whose result is done with the same fingerprint
+    in_flight: list[JobStatus]             # queued or running now (not submitted again)
+    cancel: list[JobStatus] = field(default_factory=list)  # final jobs in flight that must wait for a new shard
+    stale_in_flight: list[str] = field(default_factory=list)  # in flight, but for other inputs than this plan's
 
 
 def submission_plan(jobs: Sequence[NotebookJob], resume: bool) -> SubmissionPlan:
     """Which jobs to submit. Without ``resume``, all of them; with it, only those whose result is
-    missing, failed, killed or stale. A job queued or running now is never submitted twice; a
-    final job is submitted whenever one of its shards is."""
-    statuses = {}
-    for job in jobs:
-        statuses[job.key] = job_status(job.results_dir, job.key, queued_for(job.results_dir, job.key))
-    in_flight = [s for s in statuses.values() if s is not None and s.state in ("pending", "running")]
-    busy = {s.key for s in in_flight}
-    submit, up_to_date = [], []
+    missing, failed, killed or stale. A job queued or running now is not submitted twice. A final
+    job is submitted whenever one of its shards is; if that final job is itself still queued, it
+    is cancelled and submitted again behind the new shard."""
+    if not jobs:
+        return SubmissionPlan([], [], [])
+    queue = queue_for(jobs[0].results_dir, [job.key for job in jobs])
+    statuses = {job.key: job_status(job.results_dir, job.key, queue) for job in jobs}
+    in_flight = {key: s for key, s in statuses.items() if s is not None and s.state in ("pending", "running")}
+    plan = SubmissionPlan([], [], [])
     chosen = set()
     for job in jobs:
         status = statuses[job.key]
-        if job.key in busy:
+        needed_by_a_new_shard = bool(job.after) and bool(chosen & set(job.after))
+        if job.key in in_flight:
+            if needed_by_a_new_shard:
+                plan.cancel.append(in_flight[job.key])
+            else:
+                plan.in_flight.append(in_flight[job.key])
+                if in_flight[job.key].fingerprint != job.fingerprint:
+                    plan.stale_in_flight.append(job.key)
+                continue
+        elif not needed_by_a_new_shard and resume and status is not None and status.state == "done" \
+                and status.fingerprint == job.fingerprint:
+            plan.up_to_date.append(job.key)
             continue
-        if job.after and chosen & set(job.after):
-            submit.append(job)
-            chosen.add(job.key)
-            continue
-        if resume and status is not None and status.state == "done" and status.fingerprint == job.fingerprint:
-            up_to_date.append(job.key)
-            continue
-        submit.append(job)
+        plan.submit.append(job)
         chosen.add(job.key)
-    return SubmissionPlan(submit, up_to_date, in_flight)
+    return plan
+
+
+class SubmissionFailed(RuntimeError):
+    """sbatch refused a job; what was submitted before it is recorded and listed in the message."""
 
 
 def submit_to_slurm(jobs: Sequence[NotebookJob], options: SlurmOptions, *, resume: bool = False,
                     log_folder: Path | None = None) -> tuple[SubmissionPlan, list[Submission]]:
     """Submit ``jobs`` (see :func:`submission_plan`) with submitit; returns the plan and what was
     submitted. Refuses, before submitting anything, when a job of this plan is still in flight and
-    ``resume`` is off (two runs would interleave in one results folder)."""
+    ``resume`` is off (two runs would interleave in one results folder). Each submission is
+    recorded as soon as sbatch returns its id."""
     import submitit
+    from submitit.core.utils import FailedJobError
 
     plan = submission_plan(jobs, resume)
     if plan.in_flight and not resume:
@@ -222,28 +253,39 @@ def submit_to_slurm(jobs: Sequence[NotebookJob], options: SlurmOptions, *, resum
         return plan, []
     results_dir = plan.submit[0].results_dir
     log_folder = Path(log_folder or results_dir / "jobs" / "slurm")
+    for status in plan.cancel:  # a queued final job that must also wait for a re-submitted shard
+        subprocess.run(["scancel", str(status.batch_job_id)], capture_output=True, text=True)
     executor = submitit.SlurmExecutor(folder=log_folder / "%j")
     executor.update_parameters(**options.executor_parameters())
     first_wave = [job for job in plan.submit if not job.after]
     finals = [job for job in plan.submit if job.after]
-    submitted: dict[str, str] = {}
-    if first_wave:
-        with executor.batch():
-            handles = [executor.submit(run_job, job, "slurm", options.cell_timeout) for job in first_wave]
-        submitted.update({job.key: handle.job_id for job, handle in zip(first_wave, handles)})
-    records = [Submission(job.key, job.notebook.stem, job.fingerprint, submitted[job.key], str(log_folder))
-               for job in first_wave]
-    for job in finals:
-        waits_for = [submitted[key] for key in job.after if key in submitted]
-        extra = {"kill_on_invalid_dep": "yes"} if waits_for else {}
-        executor.update_parameters(dependency=f"afterok:{':'.join(waits_for)}" if waits_for else None,
-                                   additional_parameters=extra)
-        handle = executor.submit(run_job, job, "slurm", options.cell_timeout)
-        submitted[job.key] = handle.job_id
-        records.append(Submission(job.key, job.notebook.stem, job.fingerprint, handle.job_id, str(log_folder),
-                                  depends_on=waits_for))
-    for record in records:
-        record.write(results_dir)
+    in_flight_ids = {s.key: s.batch_job_id for s in plan.in_flight if s.batch_job_id}
+    records: list[Submission] = []
+
+    def record(job: NotebookJob, job_id: str, depends_on: list[str]) -> None:
+        submission = Submission(job.key, job.notebook.stem, job.fingerprint, job_id, str(log_folder),
+                                depends_on=depends_on)
+        submission.write(results_dir)
+        records.append(submission)
+
+    try:
+        if first_wave:
+            with executor.batch():
+                handles = [executor.submit(run_job, job, "slurm", options.cell_timeout) for job in first_wave]
+            for job, handle in zip(first_wave, handles):
+                record(job, handle.job_id, [])
+        submitted = {r.key: r.batch_job_id for r in records}
+        for job in finals:
+            # Wait for the shards submitted now and for those still queued or running.
+            waits_for = [submitted.get(key) or in_flight_ids[key] for key in job.after
+                         if key in submitted or key in in_flight_ids]
+            executor.update_parameters(dependency=f"afterok:{':'.join(waits_for)}" if waits_for else None,
+                                       additional_parameters={"kill_on_invalid_dep": "yes"} if waits_for else {})
+            record(job, executor.submit(run_job, job, "slurm", options.cell_timeout).job_id, waits_for)
+    except (FailedJobError, OSError) as exc:
+        done = ", ".join(f"{r.key} ({r.batch_job_id})" for r in records) or "nothing"
+        raise SubmissionFailed(f"sbatch failed: {str(exc).strip()}. Submitted before the failure: {done}; "
+                               "fix the cause and re-run with --resume to submit the rest") from None
     return plan, records
 
 
@@ -252,7 +294,8 @@ def wait_for_jobs(results_dir: Path, keys: Sequence[str], *, poll_seconds: float
     """Poll the ledger (and squeue) until every job of ``keys`` has ended; returns their statuses."""
     start, last = time.monotonic(), None
     while True:
-        statuses = [job_status(results_dir, key, queued_for(results_dir, key)) for key in keys]
+        queue = queue_for(results_dir, keys)
+        statuses = [job_status(results_dir, key, queue) for key in keys]
         summary = [(s.key, s.state) if s else (key, "unknown") for key, s in zip(keys, statuses)]
         if on_change is not None and summary != last:
             on_change(statuses)

@@ -5,14 +5,16 @@ notebook with a list parameter narrowed to a group, see :mod:`clipad_lib.cluster
 notebook stem, ``<stem>@<shard label>`` for a shard. Two files per job, under
 ``results/<profile>/jobs/``, each written atomically by exactly one party so they never race:
 
-- ``<key>.submitted.json``, by the submitting command: the batch-system job id and the job's
-  fingerprint (local runs write none);
+- ``<key>.submitted.json``, by the submitting command, right after ``sbatch`` returns: the
+  batch-system job id and the job's fingerprint (local runs write none);
 - ``<key>.json``, by the job itself: ``running`` when it starts (host, pid, batch job id),
   then ``done`` or ``failed`` (with the failing cell's message) when it ends.
 
-A job killed hard (SIGKILL, a node failure) cannot write its end: its state stays ``running``, and
-:func:`job_statuses` finds it dead (the pid is gone on this host, or the batch system no longer
-lists the job) and reports it as ``killed``.
+The state file is the current one when it names the submission's job id or started after the
+submission (a job that starts before its submission file is written is still recognised). A job
+killed hard (SIGKILL, a node failure) cannot write its end: its state stays ``running``, and
+:func:`job_status` finds it dead (the pid is gone on this host, or SLURM no longer lists the job)
+and reports it as ``killed``.
 
 The *fingerprint* covers the notebook's source, the parameters injected into it and the library's
 code fingerprint, so ``--resume`` re-submits a job whose result is missing, failed or stale.
@@ -109,26 +111,45 @@ def batch_job_id_from_environment() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def queued_batch_jobs(job_ids: Iterable[str]) -> dict[str, str] | None:
-    """``{job id: SLURM state}`` of the given jobs that SLURM still lists (``squeue``); None when
-    ``squeue`` cannot be asked (not installed, controller down), so callers say "unknown"."""
+RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+
+
+@dataclass
+class SlurmQueue:
+    """What ``squeue`` says of some jobs: ``{job id: SLURM state}`` of those it still lists, or
+    ``states=None`` with the reason when it cannot be asked (not installed, controller down)."""
+    states: dict[str, str] | None
+    error: str = ""
+
+
+def queued_batch_jobs(job_ids: Iterable[str]) -> SlurmQueue:
+    """One ``squeue`` call for ``job_ids`` (plain ids and array tasks such as ``12_3``)."""
     job_ids = sorted(set(job_ids))
     if not job_ids:
-        return {}
+        return SlurmQueue({})
     try:
         listing = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
                                  capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if listing.returncode != 0:
-        # squeue fails for ids it has already forgotten; it lists the others on stdout anyway.
-        if "Invalid job id" not in listing.stderr:
-            return None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return SlurmQueue(None, f"squeue could not run: {exc}")
+    # squeue fails for an id it has already forgotten; it lists the others on stdout anyway.
+    if listing.returncode != 0 and "Invalid job id" not in listing.stderr:
+        return SlurmQueue(None, f"squeue failed: {listing.stderr.strip() or f'exit {listing.returncode}'}")
     states = {}
     for line in listing.stdout.splitlines():
         job_id, _, state = line.strip().partition(" ")
         states[job_id] = state
-    return states
+    return SlurmQueue(states)
+
+
+def queue_for(results_dir: Path, keys: Iterable[str]) -> SlurmQueue:
+    """``squeue``'s view of every batch job the files of ``keys`` name, in one call."""
+    ids = set()
+    for key in keys:
+        for entry in (read_state(results_dir, key), read_submission(results_dir, key)):
+            if entry is not None and entry.batch_job_id:
+                ids.add(entry.batch_job_id)
+    return queued_batch_jobs(ids)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -153,36 +174,39 @@ class JobStatus:
     log_folder: str = ""
 
 
-def job_status(results_dir: Path, key: str, queued: dict[str, str] | None = None) -> JobStatus | None:
-    """One job's state from its two files (and ``squeue`` for batch jobs); None if never run."""
+def job_status(results_dir: Path, key: str, queue: SlurmQueue | None = None) -> JobStatus | None:
+    """One job's state from its two files (and ``squeue`` for batch jobs); None if never run.
+    ``queue`` defaults to asking ``squeue`` about this job's batch ids."""
     state, submission = read_state(results_dir, key), read_submission(results_dir, key)
     if state is None and submission is None:
         return None
+    queue = queue if queue is not None else queue_for(results_dir, [key])
     log_folder = submission.log_folder if submission else ""
-    # The state file belongs to the latest submission if that job wrote it, or if a local run
-    # started after it; otherwise it is an older run's and the submitted job has not started yet.
-    started_by_this_submission = state is not None and (
-        submission is None or state.batch_job_id == submission.batch_job_id
-        or (state.batch_job_id is None and state.started >= submission.submitted))
-    if not started_by_this_submission:  # submitted, not yet started (or never will be)
+    # The state file belongs to the latest submission if that job wrote it, or if it was written
+    # by a run that started after the submission (that job itself, or a local run).
+    current = state is not None and (submission is None or state.batch_job_id == submission.batch_job_id
+                                     or state.started >= submission.submitted)
+    if not current:  # submitted, not yet started (or never will be)
         assert submission is not None
-        slurm = (queued or {}).get(submission.batch_job_id)
-        if queued is None:
-            detail, kind = "SLURM cannot be asked (squeue failed)", "pending"
-        elif slurm is None:
-            detail, kind = "no longer queued and never started (cancelled, or a dependency failed)", "killed"
+        if queue.states is None:
+            kind, detail = "pending", f"submitted as SLURM job {submission.batch_job_id}; {queue.error}"
+        elif submission.batch_job_id not in queue.states:
+            kind, detail = "killed", "no longer queued and never started (cancelled, or a dependency failed)"
         else:
-            detail, kind = f"SLURM: {slurm}", "pending" if slurm == "PENDING" else "running"
+            slurm = queue.states[submission.batch_job_id]
+            kind, detail = ("running" if slurm in RUNNING_STATES else "pending"), f"SLURM: {slurm}"
         return JobStatus(key, submission.notebook, kind, detail, submission.fingerprint, submission.batch_job_id,
                          "", log_folder)
     if state.state == "running":
         if state.batch_job_id:
-            alive = queued is None or state.batch_job_id in queued
+            alive = queue.states is None or state.batch_job_id in queue.states
             why = f"SLURM no longer lists job {state.batch_job_id}"
         else:
             alive = state.host != socket.gethostname() or _pid_alive(state.pid)
             why = f"process {state.pid} on {state.host} is gone"
         kind, detail = ("running", f"since {state.started}") if alive else ("killed", why + " (killed or timed out)")
+        if queue.states is None and state.batch_job_id:
+            detail += f" ({queue.error})"
         return JobStatus(key, state.notebook, kind, detail, state.fingerprint, state.batch_job_id, state.output,
                          log_folder)
     detail = state.error.splitlines()[0] if state.error else f"ended {state.ended}"
@@ -198,20 +222,8 @@ def job_keys(results_dir: Path) -> list[str]:
     return sorted({p.name.removesuffix(".json").removesuffix(".submitted") for p in folder.glob("*.json")})
 
 
-def queued_for(results_dir: Path, key: str) -> dict[str, str] | None:
-    """``squeue``'s view of the batch jobs a job's files name (see :func:`queued_batch_jobs`)."""
-    ids = [entry.batch_job_id for entry in (read_state(results_dir, key), read_submission(results_dir, key))
-           if entry is not None and entry.batch_job_id]
-    return queued_batch_jobs(ids) if ids else {}
-
-
 def job_statuses(results_dir: Path) -> list[JobStatus]:
     """The status of every job recorded in ``results_dir`` (one ``squeue`` call for all)."""
     keys = job_keys(results_dir)
-    batch_ids = set()
-    for key in keys:
-        for entry in (read_state(results_dir, key), read_submission(results_dir, key)):
-            if entry is not None and entry.batch_job_id:
-                batch_ids.add(entry.batch_job_id)
-    queued = queued_batch_jobs(batch_ids) if batch_ids else {}
-    return [status for key in keys if (status := job_status(results_dir, key, queued)) is not None]
+    queue = queue_for(results_dir, keys)
+    return [status for key in keys if (status := job_status(results_dir, key, queue)) is not None]

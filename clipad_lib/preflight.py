@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import paths
+from .backbones.timm_vit import CHECKPOINT_SUFFIXES
 
 # The zero-shot notebooks' protocols, by the parameter holding their test sets: the training sets
 # they add are read too. tests/test_preflight.py checks this against the notebooks' sources.
@@ -36,7 +37,6 @@ PROTOCOLS = {
 # Methods whose training back-propagates through the frozen image encoder (prompts inside it), so
 # every layer's activations are kept; the others keep one layer's at a time.
 TRAINS_THROUGH_IMAGE_ENCODER = {"adaclip", "maple"}
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 MIN_FREE_DISK_GB = {"smoke": 2.0, "paper": 20.0}  # records, executed notebooks, the feature cache
 
 
@@ -222,8 +222,8 @@ def estimate_gpu_memory_gb(use: BackboneUse) -> float | None:
     - otherwise one layer's working set (a dozen [b, s, h] tensors and an unfused [b, a, s, s]
       attention matrix) and the four layers' tokens the method keeps.
 
-    s tokens, b batch, h width, a heads. A formula, not a measurement: the first GPU run's
-    figures replace it (README, "Reproduce on a GPU cluster")."""
+    s tokens, b batch, h width, a heads. A formula, not a measurement: no GPU has measured these
+    notebooks yet, and the first GPU run's peak memory should replace it."""
     import open_clip
 
     from .backbones import architecture
@@ -233,6 +233,8 @@ def estimate_gpu_memory_gb(use: BackboneUse) -> float | None:
     config = open_clip.get_model_config(use.backbone) or {}
     vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
     if "width" not in vision:
+        return None
+    if not isinstance(vision.get("layers"), int):  # open_clip's ResNets give a list of stage depths
         return None
     arch = architecture(use.backbone)
     width, layers = int(vision["width"]), int(vision["layers"])
@@ -296,31 +298,44 @@ def _device_checks(stem: str, needs: Needs) -> list[Check]:
         "no memory estimate for its backbones"
     if not torch.cuda.is_available():
         return [Check(stem, "device", needs.device, False, f"CUDA is not available here; {estimate}",
-                      "run on a GPU machine (clipad run --executor slurm --gpus 1), or -p device=cpu to try it slowly")]
-    free, total = torch.cuda.mem_get_info()
+                      "check on a GPU node (e.g. srun --gpus=1 clipad check ...), or --skip-device on a login node, "
+                      "or -p device=cpu to run it slowly")]
+    device = torch.device(needs.device)
+    free, total = torch.cuda.mem_get_info(device)
     free_gb = free / 2 ** 30
     ok = peak is None or free_gb >= peak[1]
-    return [Check(stem, "device", needs.device, ok, f"{torch.cuda.get_device_name()}: {free_gb:.1f} of "
+    return [Check(stem, "device", needs.device, ok, f"{torch.cuda.get_device_name(device)}: {free_gb:.1f} of "
                   f"{total / 2 ** 30:.1f} GiB free; {estimate}", "" if ok else "use a larger GPU or a smaller batch_size")]
+
+
+def _free_gb(path: Path) -> float:
+    """Free space on the file system that holds ``path`` (or its nearest existing parent)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free / 2 ** 30
 
 
 def _disk_check(stem: str, profile: str) -> Check:
     needed = MIN_FREE_DISK_GB.get(profile, 2.0)
-    results = paths.results_dir(profile)
-    probe = next((p for p in (results, *results.parents) if p.exists()), Path("/"))
-    free_gb = shutil.disk_usage(probe).free / 2 ** 30
-    cache = paths.cache_dir()
-    cache_probe = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
-    cache_gb = shutil.disk_usage(cache_probe).free / 2 ** 30
-    ok = min(free_gb, cache_gb) >= needed
-    return Check(stem, "disk", str(results), ok, f"{free_gb:.0f} GiB free for results, {cache_gb:.0f} GiB for the "
+    results, cache = paths.results_dir(profile), paths.cache_dir()
+    results_gb, cache_gb = _free_gb(results), _free_gb(cache)
+    ok = min(results_gb, cache_gb) >= needed
+    return Check(stem, "disk", str(results), ok, f"{results_gb:.0f} GiB free for results, {cache_gb:.0f} GiB for the "
                  f"cache ({cache}); at least {needed:.0f} GiB wanted", "" if ok else "free some space or point "
                  "CLIPAD_RESULTS / CLIPAD_CACHE elsewhere")
 
 
+def _guarded(stem: str, kind: str, name: str, make) -> Check:
+    """A check that raised becomes a failed line naming the exception, never a traceback."""
+    try:
+        return make()
+    except Exception as exc:  # preflight must report, not crash: every failure is a finding
+        return Check(stem, kind, name, False, f"the check itself failed: {type(exc).__name__}: {exc}")
+
+
 def check_notebooks(names: Sequence[str], profile: str, overrides: Mapping | None = None,
-                    deep: bool = False) -> Report:
-    """Every need of every selected notebook (all when ``names`` is empty), checked once each."""
+                    deep: bool = False, device: bool = True) -> Report:
+    """Every need of every selected notebook (all when ``names`` is empty), checked once each;
+    ``device=False`` skips CUDA and GPU memory (a login node)."""
     from .backbones.locate import locate_weights
     from .runner import plan_parameters, resolve_notebooks
 
@@ -332,24 +347,24 @@ def check_notebooks(names: Sequence[str], profile: str, overrides: Mapping | Non
         stem = notebook.stem
         needs = notebook_needs(stem, parameters)
 
-        def once(key: tuple, make) -> None:
+        def once(key: tuple, name: str, make) -> None:
             if key not in seen:
-                seen[key] = make()
+                seen[key] = _guarded(stem, key[0], name, make)
             earlier = seen[key]
             checks.append(Check(stem, earlier.kind, earlier.name, earlier.ok, earlier.message, earlier.hint))
 
         for name in needs.datasets:
-            once(("dataset", name), lambda name=name: _dataset_check(stem, name, deep))
+            once(("dataset", name), name, lambda name=name: _dataset_check(stem, name, deep))
         for use in needs.backbones:
             def weights(use=use) -> Check:
                 found = locate_weights(use.backbone, use.pretrained)
-                label = f"{use.backbone}/{use.pretrained}" if use.pretrained else f"{use.backbone} (random init)"
-                return Check(stem, "weights", label, found.found, found.where, found.hint)
-            once(("weights", use.backbone, use.pretrained), weights)
+                return Check(stem, "weights", found.label, found.found, found.where, found.hint)
+            once(("weights", use.backbone, use.pretrained), f"{use.backbone}/{use.pretrained}", weights)
         for file in needs.files:
-            once(("checkpoint", file), lambda file=file: Check(
+            once(("checkpoint", file), file, lambda file=file: Check(
                 stem, "checkpoint", file, Path(file).expanduser().is_file(),
                 "found" if Path(file).expanduser().is_file() else "no such file", "pass an existing file"))
-        checks += _device_checks(stem, needs)
-        once(("disk",), lambda: _disk_check(stem, profile))
+        if device:
+            checks += [_guarded(stem, "device", needs.device, lambda: _device_checks(stem, needs)[0])]
+        once(("disk",), "disk", lambda: _disk_check(stem, profile))
     return Report(profile, checks)

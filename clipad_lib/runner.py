@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,26 +25,42 @@ class NotebookResult:
     error: str = ""
 
 
+class _ParameterLoader(yaml.SafeLoader):
+    """YAML as papermill's users write it: ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_ParameterLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
 def parse_parameter(text: str) -> tuple[str, object]:
-    """``key=value`` with the value read as YAML (``4``, ``[0, 1]``, ``null``, ``cuda``)."""
+    """``key=value`` with the value read as YAML (``4``, ``[0, 1]``, ``null``, ``cuda``, ``1e-4``)."""
     if "=" not in text:
         raise ValueError(f"parameter {text!r} must look like key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), yaml.load(value, Loader=_ParameterLoader)
 
 
 def resolve_notebooks(names: Sequence[str]) -> list[Path]:
-    """Notebook paths from names or paths; all of ``notebooks/`` in order when none are given."""
+    """Notebook paths from names, paths or a unique number prefix (``11`` for
+    ``11_adaclip_main_tables``); all of ``notebooks/`` in order when none are given. A notebook
+    named twice runs once."""
     if not names:
         return sorted(NOTEBOOKS_DIR.glob("[0-9]*.ipynb"))
     resolved = []
+    stems = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
     for name in names:
         candidates = [Path(name), NOTEBOOKS_DIR / name, NOTEBOOKS_DIR / f"{name}.ipynb"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            available = ", ".join(p.stem for p in sorted(NOTEBOOKS_DIR.glob("*.ipynb")))
+            prefixed = [p for p in stems if p.stem.startswith(f"{name}_")]
+            found = prefixed[0] if len(prefixed) == 1 else None
+        if found is None:
+            available = ", ".join(p.stem for p in stems)
             raise FileNotFoundError(f"no notebook {name!r}; available: {available}")
-        resolved.append(found.resolve())
+        if found.resolve() not in resolved:
+            resolved.append(found.resolve())
     return resolved
 
 
@@ -68,17 +85,29 @@ def _kind(value) -> str:
             dict: "dict"}.get(type(value), type(value).__name__)
 
 
-def _check_type(notebook: Path, key: str, value, references: Sequence, source: str) -> None:
+def _check_type(notebook: Path, key: str, value, default, profile_value=None, source: str = "") -> None:
     """A value must have the type of the notebook's default or of the profile's value (None is
-    always allowed: it means "the method's default" or "none" throughout the notebooks; an int is a float)."""
-    kinds = {_kind(r) for r in references if r is not None and r is not ...}
-    if value is None or not kinds or any(r is ... for r in references):
+    always allowed: it means "the method's default" or "none" throughout the notebooks; an int is
+    a float). A list's elements must fit the default's elements when those share one type."""
+    references = [("the notebook's default", default), ("the profile's value", profile_value)]
+    references = [(what, r) for what, r in references if r is not None and r is not ...]
+    if value is None or not references or default is ...:
         return
+    kinds = {_kind(r) for _, r in references}
     given = _kind(value)
-    if given in kinds or (given == "int" and "float" in kinds):
-        return
-    raise ValueError(f"{notebook.name}: parameter {key!r} ({source}) expects {' or '.join(sorted(kinds))} like "
-                     f"{next(r for r in references if r is not None)!r}, got {given} {value!r}")
+    if not (given in kinds or (given == "int" and "float" in kinds)):
+        shown = " and ".join(f"{what} {r!r}" for what, r in references)
+        raise ValueError(f"{notebook.name}: parameter {key!r} ({source}) expects {' or '.join(sorted(kinds))} like "
+                         f"{shown}; got {given} {value!r}" + (" (write floats with a dot or an exponent: 0.0001, "
+                                                               "1e-4)" if given == "str" and "float" in kinds else ""))
+    if given == "list":
+        elements = {_kind(e) for _, r in references if isinstance(r, (list, tuple)) for e in r if e is not None}
+        if len(elements) == 1:
+            [kind] = elements
+            wrong = [e for e in value if e is not None and _kind(e) != kind and not (kind == "float" and _kind(e) == "int")]
+            if wrong:
+                raise ValueError(f"{notebook.name}: parameter {key!r} ({source}) expects a list of {kind} like "
+                                 f"{references[0][1]!r}; got {wrong[0]!r} ({_kind(wrong[0])}) in {value!r}")
 
 
 def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: bool,
@@ -97,9 +126,9 @@ def notebook_parameters(notebook: Path, profile: str, overrides: dict, resume: b
         if unknown:
             raise ValueError(f"{notebook.name} has no parameter(s) {unknown} ({source}); it declares {sorted(declared)}")
     for key, value in own.items():
-        _check_type(notebook, key, value, [declared[key]], f"profiles/{profile}.yaml")
+        _check_type(notebook, key, value, declared[key], source=f"profiles/{profile}.yaml")
     for key, value in overrides.items():
-        _check_type(notebook, key, value, [declared[key], *([own[key]] if key in own else [])], "-p override")
+        _check_type(notebook, key, value, declared[key], own.get(key), "-p override")
     values = {**{k: v for k, v in common.items() if k in declared}, **own,
               "results_dir": str(results_dir), "resume": resume, **overrides}
     return {key: value for key, value in values.items() if key in declared}
@@ -163,6 +192,8 @@ def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key
     state = JobState(key=key, notebook=notebook.stem, state="running", fingerprint=job_fingerprint(notebook, parameters),
                      output=str(running), executor=executor, batch_job_id=batch_job_id)
     state.write(results_dir)
+    for stale in (output_dir / f"{key}.failed.ipynb", output_dir / f"{key}.interrupted.ipynb", running):
+        stale.unlink(missing_ok=True)  # so a copy shown after this run is this run's
     try:
         papermill.execute_notebook(str(notebook), str(running), parameters=parameters, kernel_name="python3",
                                    cwd=str(notebook.parent), progress_bar=progress, execution_timeout=cell_timeout)
@@ -172,15 +203,15 @@ def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key
         kept = output_dir / f"{key}.{'interrupted' if interrupted else 'failed'}.ipynb"
         if running.exists():
             os.replace(running, kept)
-        state.state, state.ended, state.error, state.output = "failed", now(), message, str(kept)
+        # (a run that failed before papermill wrote anything has no copy to show)
+        state.state, state.ended, state.error = "failed", now(), message
+        state.output = str(kept) if kept.exists() else ""
         state.write(results_dir)
         if interrupted:
             raise
         print(f"[clipad] FAILED {key}: {message}", flush=True)
         return NotebookResult(notebook, kept, False, message)
     os.replace(running, final)
-    for stale in (output_dir / f"{key}.failed.ipynb", output_dir / f"{key}.interrupted.ipynb"):
-        stale.unlink(missing_ok=True)
     state.state, state.ended, state.output = "done", now(), str(final)
     state.write(results_dir)
     return NotebookResult(notebook, final, True)

@@ -19,7 +19,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import nbformat
 from clipad_lib.cluster import plan_jobs, shard_groups, submission_plan
-from clipad_lib.jobs import JobState, Submission, job_status, job_statuses
+from clipad_lib.jobs import JobState, SlurmQueue, Submission, job_status, job_statuses
 from clipad_lib.profiles import profile_parameters
 from clipad_lib.results import load_records
 from clipad_lib.runner import execute_notebook, run_notebooks
@@ -83,8 +83,16 @@ def test_overrides_are_checked_for_every_notebook_before_anything_runs(tmp_path,
     with pytest.raises(ValueError, match=r"no selected notebook has the parameter\(s\) \['shotz'\]"):
         plan_jobs(["00_data_and_metrics", "11_adaclip_main_tables"], "smoke", {"shotz": 2}, results_dir=tmp_path)
     # A value of the wrong type is refused up front, naming what was expected.
-    with pytest.raises(ValueError, match=r"'seeds' \(-p override\) expects list like \[0, 1, 2\], got str 'notalist'"):
+    with pytest.raises(ValueError, match=r"'seeds' \(-p override\) expects list like the notebook's default "
+                                         r"\[0, 1, 2\] and the profile's value \[0, 1, 2\]; got str 'notalist'"):
         run_notebooks(["00_data_and_metrics"], "smoke", {"seeds": "notalist"}, results_root=tmp_path)
+    with pytest.raises(ValueError, match=r"expects a list of int like \[0, 1, 2\]; got 0.5 \(float\)"):
+        plan_jobs(["00_data_and_metrics"], "smoke", {"seeds": [0.5]}, results_dir=tmp_path)
+    # A float written as YAML 1.1 would read it as a string is a float; the notebook number selects it.
+    from clipad_lib.runner import parse_parameter
+    assert parse_parameter("learning_rates=[5e-4, 1e-4]") == ("learning_rates", [0.0005, 0.0001])
+    assert [job.key for job in plan_jobs(["20", "20_clip_fsac_few_shot"], "smoke", {"learning_rates": [5e-4, 1e-4]},
+                                         results_dir=tmp_path)] == ["20_clip_fsac_few_shot"]
     assert not (tmp_path / "00_data_and_metrics.ipynb").exists() and not (tmp_path / "jobs").exists()
     # None (a method's default, "none") and an int for a float are fine.
     plan_jobs(["00_data_and_metrics"], "smoke", {"pretrained": None, "categories": ["pill"]}, results_dir=tmp_path)
@@ -120,9 +128,17 @@ def test_a_job_killed_hard_is_reported_killed_not_running(tmp_path):
     # A submitted batch job that SLURM no longer lists and that never started was cancelled.
     Submission(key="nb", notebook="nb", fingerprint="f", batch_job_id="77", log_folder="logs",
                submitted="9999-01-01T00:00:00+00:00").write(tmp_path)
-    status = job_status(tmp_path, "nb", queued={})
+    status = job_status(tmp_path, "nb", SlurmQueue({}))
     assert status.state == "killed" and "never started" in status.detail
-    assert job_status(tmp_path, "nb", queued={"77": "PENDING"}).state == "pending"
+    assert job_status(tmp_path, "nb", SlurmQueue({"77": "PENDING"})).state == "pending"
+    assert job_status(tmp_path, "nb", SlurmQueue({"77": "SUSPENDED"})).state == "pending"
+    assert job_status(tmp_path, "nb", SlurmQueue({"77": "RUNNING"})).state == "running"
+    unknown = job_status(tmp_path, "nb", SlurmQueue(None, "squeue failed: controller down"))
+    assert unknown.state == "pending" and "controller down" in unknown.detail
+    # The job started before its submission file named it: its own state file is still current.
+    JobState(key="nb", notebook="nb", state="running", fingerprint="f", output="x", batch_job_id="78",
+             started="9999-01-01T00:00:01+00:00").write(tmp_path)
+    assert job_status(tmp_path, "nb", SlurmQueue({"78": "RUNNING"})).state == "running"
     del notebook
 
 
@@ -144,6 +160,54 @@ def test_resume_submits_only_missing_failed_or_stale_jobs_and_their_final(tmp_pa
     changed = plan_jobs(["11_adaclip_main_tables"], "smoke", {**overrides, "batch_size": 4}, results_dir=tmp_path)
     assert [job.key for job in submission_plan(changed, resume=True).submit] == [job.key for job in changed]
     assert len(submission_plan(jobs, resume=False).submit) == 3
+
+
+def test_a_final_job_waits_for_shards_in_flight_and_a_queued_final_is_replaced(tmp_path, monkeypatch):
+    import clipad_lib.cluster as cluster
+
+    _, section = profile_parameters("smoke", "11_adaclip_main_tables")
+    overrides = {"methods": {name: section["methods"][name] for name in ("winclip", "dinov2")},
+                 "test_datasets": ["headct"]}
+    winclip, dinov2, final = plan_jobs(["11_adaclip_main_tables"], "smoke", overrides, results_dir=tmp_path)
+    JobState(key=winclip.key, notebook="11", state="failed", fingerprint=winclip.fingerprint, output="x",
+             error="cell 6").write(tmp_path)
+    for job, job_id in ((dinov2, "41"), (final, "42")):
+        Submission(key=job.key, notebook="11", fingerprint=job.fingerprint, batch_job_id=job_id,
+                   log_folder="logs").write(tmp_path)
+    monkeypatch.setattr(cluster, "queue_for", lambda results_dir, keys: SlurmQueue({"41": "RUNNING", "42": "PENDING"}))
+    plan = submission_plan([winclip, dinov2, final], resume=True)
+    assert [job.key for job in plan.submit] == [winclip.key, final.key]
+    assert [s.key for s in plan.in_flight] == [dinov2.key] and [s.key for s in plan.cancel] == [final.key]
+    # Submitted through a stand-in for submitit: the final job waits for the new shard and the running one.
+    calls, cancelled = [], []
+
+    class Handle:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    class Executor:
+        def __init__(self, folder):
+            self.parameters = {}
+
+        def update_parameters(self, **parameters):
+            self.parameters.update(parameters)
+
+        def batch(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def submit(self, function, job, *args):
+            calls.append((job.key, self.parameters.get("dependency")))
+            return Handle(str(50 + len(calls)))
+
+    import submitit
+    monkeypatch.setattr(submitit, "SlurmExecutor", Executor)
+    monkeypatch.setattr(cluster.subprocess, "run", lambda command, **kw: cancelled.append(command))
+    _, records = cluster.submit_to_slurm([winclip, dinov2, final], cluster.SlurmOptions(), resume=True)
+    assert cancelled == [["scancel", "42"]]
+    assert calls == [(winclip.key, None), (final.key, "afterok:51:41")]
+    assert [(r.key, r.batch_job_id) for r in records] == [(winclip.key, "51"), (final.key, "52")]
+    assert job_status(tmp_path, final.key, SlurmQueue({"52": "PENDING"})).state == "pending"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,7 +254,8 @@ def test_two_notebooks_on_slurm_killed_and_resumed_equal_a_local_run(tmp_path, s
                                                                       monkeypatch):
     _, section = profile_parameters("smoke", "11_adaclip_main_tables")
     methods = {"winclip": section["methods"]["winclip"], "dinov2": {**section["methods"]["dinov2"], "epochs": 2}}
-    overrides = {"seeds": [0], "categories": ["pill", "weave"], "test_datasets": ["headct"], "methods": methods}
+    overrides = {"seeds": [0], "categories": ["pill", "weave"], "test_datasets": ["mvtec", "headct"],
+                 "methods": methods}
     notebooks = ["00_data_and_metrics", "11_adaclip_main_tables"]
     arguments = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
     parameters = [item for argument in arguments for item in ("-p", argument)]
@@ -205,20 +270,23 @@ def test_two_notebooks_on_slurm_killed_and_resumed_equal_a_local_run(tmp_path, s
     submitted = _clipad(["run", *notebooks, "--executor", "slurm", *parameters], environment)
     assert submitted.returncode == 0, submitted.stderr + submitted.stdout
     assert "submitted 11_adaclip_main_tables as SLURM job" in submitted.stdout and "after" in submitted.stdout
-    victim = "11_adaclip_main_tables@dinov2"
+    victim = "11_adaclip_main_tables@dinov2@headct"  # trained on MVTec AD + ClinicDB stand-ins
     # Kill the DINOv2 shard while it runs (mid-way: it has started, it has not finished).
     started = _wait(lambda: (s := job_status(results, victim)) and s.state == "running" and s.batch_job_id and s,
                     f"{victim} to start")
     time.sleep(3)
     assert job_status(results, victim).state == "running"
     subprocess.run(["scancel", started.batch_job_id], check=True, env={**os.environ, **environment})
-    statuses = _wait(lambda: (found := job_statuses(results)) and len(found) == 4
+    statuses = _wait(lambda: (found := job_statuses(results)) and len(found) == 6
                      and all(s.state in ("done", "failed", "killed") for s in found) and found,
                      "every job to end")
     states = {s.key: s.state for s in statuses}
-    assert states == {"00_data_and_metrics": "done", "11_adaclip_main_tables@winclip": "done",
+    assert states == {"00_data_and_metrics": "done", "11_adaclip_main_tables@winclip@mvtec": "done",
+                      "11_adaclip_main_tables@winclip@headct": "done", "11_adaclip_main_tables@dinov2@mvtec": "done",
                       victim: states[victim], "11_adaclip_main_tables": "killed"}, states
     assert states[victim] in ("failed", "killed")
+    if states[victim] == "failed":  # it lived to record why
+        assert "stopped by SLURM (SIGTERM" in job_status(results, victim).detail
     assert not (results / "11_adaclip_main_tables.ipynb").exists()  # its final job never ran
     report = _clipad(["status", "--profile", "smoke"], environment)
     assert report.returncode == 1 and victim in report.stdout and "killed" in report.stdout
@@ -227,13 +295,14 @@ def test_two_notebooks_on_slurm_killed_and_resumed_equal_a_local_run(tmp_path, s
                       environment)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "up to date, not submitted: 00_data_and_metrics" in resumed.stdout
-    assert "up to date, not submitted: 11_adaclip_main_tables@winclip" in resumed.stdout
+    assert "up to date, not submitted: 11_adaclip_main_tables@winclip@headct" in resumed.stdout
+    assert "up to date, not submitted: 11_adaclip_main_tables@dinov2@mvtec" in resumed.stdout
     assert f"submitted {victim} as SLURM job" in resumed.stdout
     assert (results / "11_adaclip_main_tables.ipynb").is_file() and (results / "shards" / f"{victim}.ipynb").is_file()
     assert all(s.state == "done" for s in job_statuses(results))
 
     ours, theirs = _comparable(load_records(results)), _comparable(load_records(tmp_path / "local" / "smoke"))
-    assert ours.keys() == theirs.keys() and len(ours) == 4  # 00: two categories; 11: one per method
+    assert ours.keys() == theirs.keys() and len(ours) == 6  # 00: two categories; 11: one per method and dataset
     for key, (input_hash, metrics) in theirs.items():
         assert ours[key][0] == input_hash, key
         assert ours[key][1].keys() == metrics.keys()

@@ -32,9 +32,12 @@ class WeightsLocation:
     where: str       # the file, "random init", or where it was looked for
     hint: str = ""   # what to do when it is missing
 
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.pretrained}" if self.pretrained else f"{self.model} (random init)"
+
     def line(self) -> str:
-        name = f"{self.model}/{self.pretrained}" if self.pretrained else f"{self.model} (random init)"
-        return f"{name}: {self.where}" + (f" — {self.hint}" if not self.found and self.hint else "")
+        return f"{self.label}: {self.where}" + (f" — {self.hint}" if not self.found and self.hint else "")
 
 
 def _hf_cached(repo_id: str, filenames, cache_dir: str | None) -> str | None:

@@ -28,7 +28,7 @@ FAMILIES = {
     "timm.models.vision_transformer": ("vit", {"dynamic_img_size": True}),
     "timm.models.vision_transformer_sam": ("sam", {}),
 }
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass(frozen=True)

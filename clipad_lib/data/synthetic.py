@@ -11,6 +11,7 @@ are exact ground truth.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -225,12 +226,32 @@ def ensure_synthetic_dataset(seed: int = 0, spec: SyntheticSpec = SyntheticSpec(
     """Generate the synthetic dataset unless it is already complete; return its root.
 
     Generation writes into a temporary sibling folder and renames it into place, so an
-    interrupted run never leaves a half-written dataset behind.
+    interrupted run never leaves a half-written dataset behind; a lock file beside it makes
+    processes that start together (parallel batch jobs) generate it once.
     """
     root = Path(root) if root is not None else synthetic_root(seed, spec)
     marker = root / "GENERATED.json"
     if marker.is_file():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if marker.is_file():  # another process generated it while this one waited
+            return root
+        staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+        staging.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset is for every user
+        try:
+            _generate_into(staging, spec, seed)
+            (staging / "GENERATED.json").write_text(
+                json.dumps({"generator_version": GENERATOR_VERSION, "seed": seed, **spec.__dict__}, indent=2)
+            )
+            if root.exists():  # an incomplete leftover without marker
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     staging.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset is for every user
