@@ -33,7 +33,7 @@ from typing import Iterable
 from .io import atomic_write
 from .results.records import code_fingerprint, stable_hash
 
-STATES = ("pending", "running", "done", "failed", "killed")
+STATES = ("pending", "running", "done", "failed", "killed", "superseded")
 
 
 def now() -> str:
@@ -226,4 +226,13 @@ def job_statuses(results_dir: Path) -> list[JobStatus]:
     """The status of every job recorded in ``results_dir`` (one ``squeue`` call for all)."""
     keys = job_keys(results_dir)
     queue = queue_for(results_dir, keys)
-    return [status for key in keys if (status := job_status(results_dir, key, queue)) is not None]
+    statuses = [status for key in keys if (status := job_status(results_dir, key, queue)) is not None]
+    # A failed or killed shard is moot once its whole notebook has since run to the end (its final
+    # job, or a local run): the final run computes whatever the shard left missing.
+    whole_runs = {s.key: read_state(results_dir, s.key) for s in statuses if "@" not in s.key and s.state == "done"}
+    for status in statuses:
+        whole = whole_runs.get(status.key.split("@", 1)[0]) if "@" in status.key else None
+        shard = read_state(results_dir, status.key)
+        if whole and status.state in ("failed", "killed") and (shard is None or whole.started > shard.started):
+            status.state, status.detail = "superseded", f"the whole notebook ran to the end after it ({whole.ended})"
+    return statuses
