@@ -3,6 +3,7 @@ check what they need before running (``check``), and list, verify and generate d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .profiles import available_profiles
@@ -211,6 +212,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"clipad: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `clipad data list | head`: the reader has gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
