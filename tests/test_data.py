@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,22 @@ def test_k_shot_bad_requests(synthetic_train, synthetic_test):
     anomalous_only = synthetic_test.subset(category="pill", label=1)
     with pytest.raises(DatasetError, match="no normal training image"):
         sample_k_shot(anomalous_only, "pill", 1, seed=0)
+
+
+def _generate(root: str) -> str:
+    from clipad_lib.data import ensure_synthetic_dataset
+    from clipad_lib.data.synthetic import SyntheticSpec
+
+    return str(ensure_synthetic_dataset(spec=SyntheticSpec(image_size=32, train_normal=1, test_normal=1,
+                                                           test_per_defect=1), root=Path(root)))
+
+
+def test_parallel_jobs_generate_the_synthetic_set_once(tmp_path):
+    # Batch jobs that start together all find one complete copy (a lock serialises generation).
+    import multiprocessing
+
+    root = tmp_path / "synthetic"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_generate, [str(root)] * 3) == [str(root)] * 3
+    assert (root / "GENERATED.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthetic.lock", "synthetic"]  # no staging left

@@ -252,26 +252,3 @@ def ensure_synthetic_dataset(seed: int = 0, spec: SyntheticSpec = SyntheticSpec(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    staging.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset is for every user
-    try:
-        _generate_into(staging, spec, seed)
-        (staging / "GENERATED.json").write_text(
-            json.dumps({"generator_version": GENERATOR_VERSION, "seed": seed, **spec.__dict__}, indent=2)
-        )
-        if marker.is_file():  # another process (a parallel batch job) finished first: keep its copy
-            shutil.rmtree(staging, ignore_errors=True)
-            return root
-        if root.exists():  # an incomplete leftover without marker
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not marker.is_file():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # lost the race to a complete copy
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
