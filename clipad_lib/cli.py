@@ -28,8 +28,11 @@ def _run(args) -> int:
     failed = [r for r in results if not r.ok]
     print(f"[clipad] {len(results) - len(failed)} notebook(s) ran, {len(failed)} failed")
     for result in failed:
-        copy = f" (executed copy: {result.output})" if result.output.exists() else " (no executed copy)"
-        print(f"  {result.notebook.name}: {result.error.splitlines()[0]}{copy}")
+        copy = f"executed copy: {result.output}" if result.output.exists() else "no executed copy"
+        lines = result.error.splitlines() or ["(no message)"]
+        shown = lines[:40] + ([f"... {len(lines) - 40} more lines in the {copy}"] if len(lines) > 40 else [])
+        print(f"  {result.notebook.name} ({copy}):")
+        print("\n".join(f"    {line}" for line in shown))  # the whole message: it may be a list of problems
     return 1 if failed else 0
 
 

@@ -83,8 +83,43 @@ def test_checkpoint_of_the_wrong_shape_names_the_tensor(tmp_path, tiny_backbone)
     assert "missing tensor 'text_projection'" in message
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint file"):
         build_clip("clipad-tiny-ViT", pretrained=str(garbage))
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command: the classic malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_code_running_pickle_or_a_text_file_is_refused_saying_what_clipad_expects(tmp_path):
+    from clipad_lib.backbones.checkpoint_files import read_checkpoint
+    from clipad_lib.backbones.timm_vit import load_timm_checkpoint
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(2), "payload": _RunsCode(marker)}, evil)
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
+    for load in (read_checkpoint, lambda path: build_clip("clipad-tiny-ViT", pretrained=str(path)),
+                 lambda path: load_timm_checkpoint(torch.nn.Linear(2, 2), path)):
+        with pytest.raises(CheckpointError) as error:
+            load(evil)
+        message = str(error.value)
+        assert "needs pickled code to load" in message and "posix.system" in message
+        assert "never executes pickled code" in message and ".safetensors" in message
+        assert "weights_only" not in message  # torch's advice to turn the check off is not passed on
+        with pytest.raises(CheckpointError, match="is not a checkpoint file") as error:
+            load(text)
+        assert "state_dict()" in str(error.value)
+    assert not marker.exists()
 
 
 def test_transform_resizes_normalizes_and_keeps_masks_binary():

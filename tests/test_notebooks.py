@@ -211,3 +211,16 @@ def test_the_tiny_clip_notebook_shows_the_shipped_model(tmp_path, synthetic_root
         assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 0
     table = pd.read_csv(tmp_path / "tables" / "01_zero_shot_tiny_clip.csv").set_index(["weights", "method"])
     assert table.loc[("clipad-synthetic", "winclip"), "image_auroc"] > table.loc[("random init", "winclip"), "image_auroc"]
+
+
+def test_the_terminal_shows_the_whole_message_of_the_failing_cell(tmp_path, monkeypatch, capsys):
+    # A dataset copy that does not match its manifest: the list of problems reaches the terminal,
+    # not only "see the problems above" inside the executed notebook.
+    (tmp_path / "data" / "mvtec_anomaly_detection" / "bottle" / "test" / "good").mkdir(parents=True)
+    monkeypatch.setenv("CLIPAD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("CLIPAD_RESULTS", str(tmp_path / "results"))
+    assert cli.main(["run", "00", "-p", "dataset=mvtec", "-p", "seeds=[0]"]) == 1
+    out = capsys.readouterr().out
+    assert "does not match its manifest:" in out
+    assert "category 'cable' is missing" in out and "category 'zipper' is missing" in out
+    assert "00_data_and_metrics.failed.ipynb" in out

@@ -164,11 +164,15 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path, pos_embed_antialias
     """Load a local open_clip checkpoint (``.safetensors`` or a torch file read with
     ``weights_only=True``), checking every tensor first; return whether positional embeddings
     were resized."""
+    from .checkpoint_files import checkpoint_error
+
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
     try:
         state_dict = _open_clip_load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        raise checkpoint_error(path, exc) from None
     return load_clip_state_dict(model, state_dict, str(path), pos_embed_antialias, pos_embed_interpolation)
 
 

@@ -132,18 +132,10 @@ def load_timm_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a plain state dict (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``, or
     ``.safetensors``) into a timm model, every tensor checked first: a missing, unexpected or wrongly
     shaped tensor is named. Keys are timm's (``timm.create_model(name, pretrained=True).state_dict()``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from .checkpoint_files import read_checkpoint
 
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise several types for unreadable files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    path = Path(path).expanduser()
+    state_dict = read_checkpoint(path)
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path} is not a plain state dict (tensor name -> tensor); save "
                               "model.state_dict() of the timm model itself")

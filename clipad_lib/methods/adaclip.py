@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
+from ..backbones.checkpoint_files import read_checkpoint
 from ..backbones.prompted import TEXT_PLACEMENTS, PromptConfig, PromptedCLIP
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
@@ -556,7 +557,7 @@ class AdaCLIPDetector(Detector):
 
     def load_checkpoint(self, path: str | Path) -> "AdaCLIPDetector":
         """Load a checkpoint written by :meth:`save_checkpoint`; a wrong tensor is named."""
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_checkpoint(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} is not a clipad AdaCLIP checkpoint; for the authors' "
                                   "pretrained_*.pth files use load_official_checkpoint")
@@ -569,10 +570,7 @@ class AdaCLIPDetector(Detector):
 
         ``trained_categories`` names what it was trained on, so zero-shot use can be enforced.
         """
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        state_dict = read_checkpoint(path)
         self._load_learnable(map_official_adaclip_keys(state_dict), str(path))
         self.trained_categories = list(trained_categories)
         return self

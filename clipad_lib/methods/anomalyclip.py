@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import BackboneError, CheckpointError, architecture, build_clip, check_state_dict
+from ..backbones.checkpoint_files import read_checkpoint
 from ..backbones.clip import POS_EMBED_INTERPOLATIONS
 from ..backbones.prompted import dpam_encode_image, encode_text_embeddings, text_token_embeddings
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
@@ -360,7 +361,7 @@ class AnomalyCLIPDetector(Detector):
 
     def load_checkpoint(self, path: str | Path) -> "AnomalyCLIPDetector":
         """Load a checkpoint written by :meth:`save_checkpoint`; a wrong tensor is named."""
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_checkpoint(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} is not a clipad AnomalyCLIP checkpoint; for the authors' "
                                   "epoch_*.pth files use load_official_checkpoint")
@@ -398,10 +399,7 @@ class AnomalyCLIPDetector(Detector):
         ``{"prompt_learner": state_dict}``) by explicit key mapping; a wrong, missing or unknown
         tensor is named. ``trained_categories`` names what it was trained on (VisA's categories
         for ``9_12_4_multiscale``), so zero-shot use can be enforced."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        payload = read_checkpoint(path)
         if not isinstance(payload, dict) or not isinstance(payload.get("prompt_learner"), dict):
             raise CheckpointError(f"{path} is not an official AnomalyCLIP checkpoint: expected "
                                   "{'prompt_learner': state_dict}, as its train.py saves")

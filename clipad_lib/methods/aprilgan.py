@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import CheckpointError, architecture, build_clip, check_state_dict
+from ..backbones.checkpoint_files import read_checkpoint
 from ..data.auxiliary import AuxiliaryTrainingSet, ZeroShotViolation, auxiliary_datasets, check_zero_shot
 from ..data.transforms import ImageTransform
 from ..losses import dice_loss, focal_loss
@@ -210,10 +211,7 @@ class AprilGANDetector(Detector):
 
     def load_official_checkpoint(self, path: str | Path, trained_categories: Sequence[str] = ()) -> "AprilGANDetector":
         """Load the authors' released ``{'trainable_linearlayer': {fc.i.weight, fc.i.bias}}`` file."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        payload = read_checkpoint(path)
         if not isinstance(payload, dict) or "trainable_linearlayer" not in payload:
             raise CheckpointError(f"{path} has no 'trainable_linearlayer' entry; expected an APRIL-GAN checkpoint")
         state_dict = {}
