@@ -216,11 +216,18 @@ def test_the_tiny_clip_notebook_shows_the_shipped_model(tmp_path, synthetic_root
 def test_the_terminal_shows_the_whole_message_of_the_failing_cell(tmp_path, monkeypatch, capsys):
     # A dataset copy that does not match its manifest: the list of problems reaches the terminal,
     # not only "see the problems above" inside the executed notebook.
-    (tmp_path / "data" / "mvtec_anomaly_detection" / "bottle" / "test" / "good").mkdir(parents=True)
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):  # one category with one normal image per split: it loads, but is not MVTec AD
+        folder = tmp_path / "data" / "mvtec_anomaly_detection" / "bottle" / split / "good"
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / "000.png")
     monkeypatch.setenv("CLIPAD_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("CLIPAD_RESULTS", str(tmp_path / "results"))
-    assert cli.main(["run", "00", "-p", "dataset=mvtec", "-p", "seeds=[0]"]) == 1
+    assert cli.main(["run", "00", "-p", "dataset=mvtec", "-p", "seeds=[0]", "-p", "categories=[bottle]"]) == 1
     out = capsys.readouterr().out
     assert "does not match its manifest:" in out
     assert "category 'cable' is missing" in out and "category 'zipper' is missing" in out
+    assert "found 1 normal and 0 anomalous test images, expected 20 and 63" in out
     assert "00_data_and_metrics.failed.ipynb" in out
