@@ -171,6 +171,21 @@ def _failure_message(exc: BaseException, cell_timeout: int | None) -> str:
     return f"the kernel or papermill failed: {type(exc).__name__}: {exc}"  # e.g. nbclient's DeadKernelError
 
 
+def _sign(path: Path) -> None:
+    """Sign an executed notebook with Jupyter's notary (nbformat.sign), so that JupyterLab on this
+    machine opens it trusted: its widgets' saved views and HTML outputs show without `jupyter trust`.
+    Trust is per machine (the notary's secret lives in the user's Jupyter data folder); a reader
+    elsewhere runs `jupyter trust <notebook>` or reads the HTML export."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        NotebookNotary().sign(nbformat.read(path, as_version=4))
+    except Exception as exc:  # an unwritable signature store must not fail a good run
+        print(f"[clipad] could not sign {path.name} ({type(exc).__name__}: {exc}); open it with `jupyter trust`",
+              flush=True)
+
+
 def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key: str | None = None,
                      output_dir: Path | None = None, progress: bool = True,
                      cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S, executor: str = "local",
@@ -211,6 +226,7 @@ def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key
             raise
         print(f"[clipad] FAILED {key}: {message}", flush=True)
         return NotebookResult(notebook, kept, False, message)
+    _sign(running)
     os.replace(running, final)
     state.state, state.ended, state.output = "done", now(), str(final)
     state.write(results_dir)

@@ -222,3 +222,49 @@ def test_parallel_jobs_generate_the_synthetic_set_once(tmp_path):
         assert pool.map(_generate, [str(root)] * 3) == [str(root)] * 3
     assert (root / "GENERATED.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".synthetic.lock", "synthetic"]  # no staging left
+
+
+def _partial_mvtec_copy(root: Path, synthetic_root: Path, categories) -> None:
+    """An MVTec-layout tree holding only ``categories``, with the manifest's test counts, drawn from
+    the synthetic set's images and masks."""
+    from clipad_lib.data import load_dataset, load_manifest
+
+    manifest = load_manifest("mvtec")
+    test = load_dataset("synthetic", "test", root=synthetic_root)
+    normal = [r for r in test.records if r.label == 0]
+    anomalous = [r for r in test.records if r.label == 1 and r.mask_path is not None]
+    for category in categories:
+        expected = manifest.categories[category]
+        for split, records, count in (("train", normal, 3), ("test", normal, expected.normal)):
+            folder = root / category / split / "good"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                shutil.copy(records[i % len(records)].image_path, folder / f"{i:03d}.png")
+        images, masks = root / category / "test" / "crack", root / category / "ground_truth" / "crack"
+        images.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        for i in range(expected.anomalous):
+            record = anomalous[i % len(anomalous)]
+            shutil.copy(record.image_path, images / f"{i:03d}.png")
+            shutil.copy(record.mask_path, masks / f"{i:03d}_mask.png")
+
+
+def test_a_partial_copy_is_checked_for_what_the_run_reads(tmp_path, synthetic_root):
+    root = tmp_path / "mvtec_anomaly_detection"
+    _partial_mvtec_copy(root, synthetic_root, ["bottle", "cable"])
+    # The whole manifest: 13 categories are missing.
+    whole = verify_dataset("mvtec", root)
+    assert not whole.ok and any("category 'zipper' is missing" in p for p in whole.problems)
+    # The selected categories: they match exactly, the others may be absent (said once).
+    chosen = verify_dataset("mvtec", root, categories=["bottle", "cable"])
+    assert chosen.ok, chosen.problems
+    assert chosen.notes == ["not on disk and not selected, so not checked: capsule, carpet, grid, hazelnut, leather, "
+                            "metal_nut, pill, screw, tile, toothbrush, transistor, wood, zipper"]
+    assert "note: not on disk and not selected" in chosen.format()
+    # A selected category must still match its counts, and an absent one is missing.
+    (root / "cable" / "test" / "good" / "000.png").unlink()
+    broken = verify_dataset("mvtec", root, categories=["bottle", "cable", "pill"])
+    assert "category 'pill' is missing: expected the folder" in " ".join(broken.problems)
+    assert any("category 'cable': found 57 normal" in p for p in broken.problems)
+    with pytest.raises(DatasetError, match="has no categories \\['bottel'\\]"):
+        verify_dataset("mvtec", root, categories=["bottel"])

@@ -231,3 +231,31 @@ def test_the_terminal_shows_the_whole_message_of_the_failing_cell(tmp_path, monk
     assert "category 'cable' is missing" in out and "category 'zipper' is missing" in out
     assert "found 1 normal and 0 anomalous test images, expected 20 and 63" in out
     assert "00_data_and_metrics.failed.ipynb" in out
+
+
+def test_an_executed_notebook_is_signed_and_opens_trusted_with_its_widget_state(tmp_path, monkeypatch):
+    # A fresh Jupyter contents manager (what JupyterLab's server uses) marks the cells trusted
+    # without `jupyter trust`, and the widget's state is saved in the notebook for its saved view.
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    from nbformat.sign import NotebookNotary
+
+    from clipad_lib.runner import execute_notebook
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))  # a fresh notary secret and store
+    notebook = new_notebook(cells=[new_code_cell("value = 3", metadata={"tags": ["parameters"]}),
+                                   new_code_cell("import ipywidgets\nipywidgets.IntSlider(value=value)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "widget.ipynb")
+    result = execute_notebook(tmp_path / "widget.ipynb", {"value": 5}, tmp_path / "out", progress=False)
+    assert result.ok, result.error
+    executed = nbformat.read(result.output, as_version=4)
+    state = executed.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert any(model["state"].get("value") == 5 for model in state.values())
+    assert NotebookNotary(data_dir=str(tmp_path / "jupyter-data")).check_signature(executed)
+    opened = FileContentsManager(root_dir=str(tmp_path / "out")).get("widget.ipynb")["content"]
+    assert all(cell["metadata"].get("trusted") for cell in opened["cells"] if cell["cell_type"] == "code")
+    # An unsigned copy is not trusted: the signature is what makes the difference.
+    nbformat.write(executed, tmp_path / "out" / "copy.ipynb")
+    (tmp_path / "out" / "copy.ipynb").write_text((tmp_path / "out" / "copy.ipynb").read_text().replace('"value": 5', '"value": 6'))
+    copied = FileContentsManager(root_dir=str(tmp_path / "out")).get("copy.ipynb")["content"]
+    assert not all(cell["metadata"].get("trusted") for cell in copied["cells"] if cell["cell_type"] == "code")

@@ -70,3 +70,51 @@ def test_ci_runs_the_readme_test_command():
     command = "python3.11 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 && " \
               ".venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
     assert command in readme and command in ci
+
+
+def _git(repo: Path, *arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def test_notebooks_are_stripped_on_git_add_and_results_keep_their_outputs(tmp_path):
+    import shutil
+    import sys
+
+    import nbformat
+    import pytest
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.org")
+    _git(repo, "config", "user.name", "test")
+    shutil.copy(REPO / ".gitattributes", repo / ".gitattributes")
+    executed = new_notebook(cells=[new_code_cell("1 + 1", execution_count=3,
+                                                 outputs=[new_output("execute_result", {"text/plain": "2"},
+                                                                     execution_count=3)])])
+    for folder in ("notebooks", "results/paper"):
+        (repo / folder).mkdir(parents=True)
+        nbformat.write(executed, repo / folder / "x.ipynb")
+    # The README's one command: it configures the filter and finds the attributes already there.
+    subprocess.run([sys.executable, "-m", "nbstripout", "--install", "--attributes", ".gitattributes"], cwd=repo,
+                   check=True)
+    assert (repo / ".gitattributes").read_text() == (REPO / ".gitattributes").read_text()
+    _git(repo, "add", "-A")
+    staged = nbformat.reads(_git(repo, "show", ":notebooks/x.ipynb"), as_version=4)
+    assert staged.cells[0].outputs == [] and staged.cells[0].execution_count is None
+    kept = nbformat.reads(_git(repo, "show", ":results/paper/x.ipynb"), as_version=4)
+    assert kept.cells[0].outputs and kept.cells[0].execution_count == 3
+    assert nbformat.read(repo / "notebooks" / "x.ipynb", as_version=4).cells[0].outputs  # the working copy keeps them
+
+
+def test_committed_notebooks_are_what_the_filter_writes():
+    # So installing the filter never shows a tracked notebook as modified.
+    import sys
+
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        stripped = subprocess.run([sys.executable, "-m", "nbstripout", "-t"], input=path.read_text(),
+                                  capture_output=True, text=True, check=True).stdout
+        assert stripped == path.read_text(), f"{path.name}: run nbstripout {path} and commit it"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -153,6 +154,7 @@ class VerificationReport:
     root: Path
     problems: list[str] = field(default_factory=list)
     categories: list[CategoryCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what is fine but worth saying (categories not selected)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +167,7 @@ class VerificationReport:
             expected = (f"{check.expected.normal} / {check.expected.anomalous}" if check.expected
                         else "not given by the papers")
             lines.append(f"  {check.category:<20} found {found:<34} expected {expected}")
+        lines.extend(f"note: {note}" for note in self.notes)
         if self.ok:
             lines.append("OK: the copy matches its manifest")
         else:
@@ -179,14 +182,22 @@ def _list_some(paths_: list, limit: int = 5) -> str:
 
 
 def verify_dataset(name_or_manifest: str | Manifest, root: str | Path | None = None,
-                   deep: bool = False) -> VerificationReport:
+                   deep: bool = False, categories: Sequence[str] | None = None) -> VerificationReport:
     """Check a dataset copy against its manifest.
 
     Reports missing categories, wrong test counts (per category and in total), anomalous images
     without a mask in pixel-level datasets, masks without an image, listed files that do not
     exist, and with ``deep=True`` images or masks that do not decode or whose sizes differ.
+
+    ``categories`` checks only what a run of those categories reads: each must match the
+    manifest exactly; the others may be absent (a partial copy), which a note says once.
     """
     manifest = name_or_manifest if isinstance(name_or_manifest, Manifest) else load_manifest(name_or_manifest)
+    if categories is not None:
+        unknown = sorted(set(categories) - set(manifest.categories))
+        if unknown:
+            raise DatasetError(f"{manifest.name} has no categories {unknown}; its categories: "
+                               f"{', '.join(manifest.categories)} ({manifest.path})")
     try:
         root = manifest.resolve_root(root)
     except DatasetError as exc:
@@ -196,13 +207,19 @@ def verify_dataset(name_or_manifest: str | Manifest, root: str | Path | None = N
     report = VerificationReport(manifest.name, root)
     fmt = manifest.layout["format"]
     present = set(manifest.categories)
+    selected = set(categories) if categories is not None else set(manifest.categories)
     if fmt == "mvtec":
         on_disk = set(mvtec_categories(root))
-        present = present & on_disk
-        for category in sorted(set(manifest.categories) - on_disk):
+        present = present & on_disk & selected
+        for category in sorted(selected - on_disk):
             report.problems.append(f"category {category!r} is missing: expected the folder {root / category}/test")
         for category in sorted(on_disk - set(manifest.categories)):
             report.problems.append(f"folder {root / category} is not a category of the manifest")
+        absent = [c for c in manifest.categories if c not in selected and c not in on_disk]
+        if absent:
+            report.notes.append(f"not on disk and not selected, so not checked: {', '.join(absent)}")
+    else:
+        present = present & selected
     try:
         test = read_split(manifest, root, "test", sorted(present)) if present else AnomalyDataset(manifest.name, [])
     except DatasetError as exc:
@@ -211,6 +228,8 @@ def verify_dataset(name_or_manifest: str | Manifest, root: str | Path | None = N
 
     total = Counts(0, 0)
     for category, expected in manifest.categories.items():
+        if category not in selected:
+            continue
         if category not in present:
             report.categories.append(CategoryCheck(category, expected, None))
             continue
@@ -225,7 +244,8 @@ def verify_dataset(name_or_manifest: str | Manifest, root: str | Path | None = N
                 f"category {category!r}: found {found.normal} normal and {found.anomalous} anomalous test images, "
                 f"expected {expected.normal} and {expected.anomalous} ({manifest.counts_source})"
             )
-    if manifest.test_counts is not None and total != manifest.test_counts and not report.problems:
+    if manifest.test_counts is not None and total != manifest.test_counts and not report.problems \
+            and selected == set(manifest.categories):
         report.problems.append(
             f"test split holds {total.normal} normal and {total.anomalous} anomalous images, "
             f"expected {manifest.test_counts.normal} and {manifest.test_counts.anomalous} ({manifest.counts_source})"
