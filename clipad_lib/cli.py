@@ -151,15 +151,20 @@ def _generate(args) -> int:
     return 0
 
 
+def _notebook_arguments(command: argparse.ArgumentParser, default_profile: str) -> None:
+    """What `run` and `check` both take: the notebooks, the profile, and the -p overrides."""
+    command.add_argument("notebooks", nargs="*", help="notebook names, numbers or paths (default: all, in order)")
+    command.add_argument("--profile", choices=PROFILES, default=default_profile)
+    command.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a notebook parameter (value read as YAML); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipad", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="execute notebooks with papermill into results/<profile>/")
-    run.add_argument("notebooks", nargs="*", help="notebook names or paths (default: all, in order)")
-    run.add_argument("--profile", choices=PROFILES, default="smoke")
-    run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a notebook parameter (value read as YAML); repeatable")
+    _notebook_arguments(run, default_profile="smoke")
     run.add_argument("--resume", action="store_true", help="reuse run records whose inputs and code are unchanged")
     run.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
                      help="fail a notebook whose cell runs longer than this (0: no limit)")
@@ -178,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check", help="preflight: does each notebook find its datasets, weights, GPU, disk?")
-    check.add_argument("notebooks", nargs="*", help="notebook names or paths (default: all)")
-    check.add_argument("--profile", choices=PROFILES, default="paper")
-    check.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
-                       help="the override clipad run would get (value read as YAML); repeatable")
+    _notebook_arguments(check, default_profile="paper")
     check.add_argument("--deep", action="store_true", help="also decode every image and mask of every dataset")
     check.add_argument("--skip-device", action="store_true",
                        help="do not check CUDA and GPU memory (on a login node without GPU)")

@@ -33,6 +33,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -64,7 +65,7 @@ class NotebookJob:
     def output_dir(self) -> Path:
         return self.results_dir / "shards" if self.shard else self.results_dir
 
-    @property
+    @cached_property  # reads the notebook and hashes it; asked several times while planning
     def fingerprint(self) -> str:
         return job_fingerprint(self.notebook, self.parameters)
 

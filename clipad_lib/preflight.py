@@ -285,11 +285,11 @@ def manifest_hint(manifest) -> str:
     return f"{manifest.title}: {manifest.download_hint} (data_manifests/{manifest.name}.yaml)"
 
 
-def _device_checks(stem: str, needs: Needs) -> list[Check]:
+def _device_check(stem: str, needs: Needs) -> Check:
     import torch
 
     if not needs.device.startswith("cuda"):
-        return [Check(stem, "device", needs.device, True, "runs on the CPU")]
+        return Check(stem, "device", needs.device, True, "runs on the CPU")
     estimates = [(use, estimate_gpu_memory_gb(use)) for use in needs.backbones]
     estimates = [(use, gb) for use, gb in estimates if gb is not None]
     peak = max(estimates, key=lambda item: item[1]) if estimates else None
@@ -297,15 +297,15 @@ def _device_checks(stem: str, needs: Needs) -> list[Check]:
                 f"{peak[0].image_size} px, batch {peak[0].batch_size or 1}; a formula, not a measurement)") if peak else \
         "no memory estimate for its backbones"
     if not torch.cuda.is_available():
-        return [Check(stem, "device", needs.device, False, f"CUDA is not available here; {estimate}",
+        return Check(stem, "device", needs.device, False, f"CUDA is not available here; {estimate}",
                       "check on a GPU node (e.g. srun --gpus=1 clipad check ...), or --skip-device on a login node, "
-                      "or -p device=cpu to run it slowly")]
+                      "or -p device=cpu to run it slowly")
     device = torch.device(needs.device)
     free, total = torch.cuda.mem_get_info(device)
     free_gb = free / 2 ** 30
     ok = peak is None or free_gb >= peak[1]
-    return [Check(stem, "device", needs.device, ok, f"{torch.cuda.get_device_name(device)}: {free_gb:.1f} of "
-                  f"{total / 2 ** 30:.1f} GiB free; {estimate}", "" if ok else "use a larger GPU or a smaller batch_size")]
+    return Check(stem, "device", needs.device, ok, f"{torch.cuda.get_device_name(device)}: {free_gb:.1f} of "
+                  f"{total / 2 ** 30:.1f} GiB free; {estimate}", "" if ok else "use a larger GPU or a smaller batch_size")
 
 
 def _free_gb(path: Path) -> float:
@@ -365,6 +365,6 @@ def check_notebooks(names: Sequence[str], profile: str, overrides: Mapping | Non
                 stem, "checkpoint", file, Path(file).expanduser().is_file(),
                 "found" if Path(file).expanduser().is_file() else "no such file", "pass an existing file"))
         if device:
-            checks += [_guarded(stem, "device", needs.device, lambda: _device_checks(stem, needs)[0])]
+            checks.append(_guarded(stem, "device", needs.device, lambda: _device_check(stem, needs)))
         once(("disk",), "disk", lambda: _disk_check(stem, profile))
     return Report(profile, checks)
