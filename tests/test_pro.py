@@ -149,3 +149,56 @@ def test_bad_pro_inputs():
         aupro(np.ones((1, 4, 4)), np.random.rand(1, 4, 4))
     with pytest.raises(MetricInputError, match="constant"):
         aupro(np.eye(4)[None], np.zeros((1, 4, 4)), variant="clip_ad")
+
+
+def _trapezoid_of_curve(masks, maps, limit):
+    """The area the way the official code takes it: the full curve, cut at the limit by interpolation."""
+    fprs, pros = pro_curve(masks, maps)
+    keep = fprs <= limit
+    x, y = fprs[keep], pros[keep]
+    if x[-1] < limit:
+        j = keep.sum()
+        x, y = np.append(x, limit), np.append(y, pros[j - 1] + (pros[j] - pros[j - 1]) * (limit - fprs[j - 1]) / (fprs[j] - fprs[j - 1]))
+    return np.trapezoid(y, x) / limit
+
+
+@pytest.mark.parametrize("decimals", [1, 2, 6])
+@pytest.mark.parametrize("limit", [0.01, 0.1, 0.3, 0.7, 1.0])
+def test_aupro_equals_the_full_curve_whatever_the_ties(decimals, limit):
+    # Coarse rounding makes tie groups of thousands of pixels, mixing normal and anomalous ones,
+    # so the FPR limit cuts through a tie group and anomalous pixels tie with normal ones.
+    rng = np.random.default_rng(decimals)
+    masks = np.zeros((8, 32, 32), np.uint8)
+    masks[0, 4:12, 4:12] = masks[3, 20:30, 2:6] = masks[3, 0, 0] = masks[6, 10:25, 10:25] = 1
+    maps = np.round(rng.random(masks.shape) * 0.7 + 0.4 * masks, decimals).astype(np.float32)
+    assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(_trapezoid_of_curve(masks, maps, limit), abs=1e-9)
+
+
+def test_aupro_keeps_memory_below_one_float64_copy_of_the_maps():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((64, 96, 96), np.uint8)
+    masks[::2, 30:50, 30:50] = 1
+    maps = (rng.random(masks.shape, dtype=np.float32) + np.float32(0.5) * masks).astype(np.float32)
+    for variant in ("mvtec", "clip_ad"):
+        tracemalloc.start()
+        aupro(masks, maps, variant=variant)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 8 * masks.size, f"{variant}: {peak / masks.size:.1f} bytes per pixel"
+
+
+@pytest.mark.parametrize("variant", ["mvtec", "clip_ad"])
+def test_tensors_on_a_device_are_ranked_there_with_the_same_value(blobs, variant, monkeypatch):
+    # CI has no GPU: the device path (torch sort and searchsorted) is forced on CPU tensors.
+    import torch
+
+    from clipad_lib.metrics import pro
+
+    masks, maps = blobs
+    expected = aupro(masks, maps, variant=variant)
+    monkeypatch.setattr(pro, "_ranks_on_device", lambda maps: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True), raising=False)
+    value = aupro(torch.from_numpy(masks), torch.from_numpy(maps), variant=variant)
+    assert value == pytest.approx(expected, abs=1e-9)

@@ -16,10 +16,24 @@ record stores which one it used:
 
 Both need the same two ingredients: each normal pixel weighs ``1 / #normal pixels`` on the
 FPR axis, and each pixel of region ``r`` weighs ``1 / (#regions * area_r)`` on the PRO axis.
-With those weights, FPR and PRO at any threshold are sums over the pixels above it, so the
-whole curve comes from one sort (``mvtec``) or one weighted histogram (``clip_ad``) instead
-of one pass over all pixels per threshold. This keeps an MVTec-sized input (1725 maps of
-256x256) within seconds; ``scripts/bench_aupro.py`` measures it.
+``aupro`` never builds the curve. It sorts the normal pixels' scores once (numpy's SIMD value
+sort, the only step that touches every pixel) and places each anomalous pixel among them by
+binary search; anomalous pixels are a few percent of a dataset, so everything after the sort is
+O(#anomalous):
+
+* ``mvtec``: lay the normal pixels out on the FPR axis from the highest score down, each 1/n
+  wide. Over the stretch of normal pixels that share one score, the curve rises linearly by the
+  PRO weight of the anomalous pixels at exactly that score, starting from the weight of those
+  above it. So the area up to the limit is a sum over anomalous pixels: each weighs
+  ``(#normals above the limit's tie group that score below it)`` plus half of those that tie
+  with it, plus the one tie group the limit cuts, integrated exactly. Equal to the trapezoid
+  rule on the full curve (``pro_curve``) with the interpolated end point, to float rounding.
+* ``clip_ad``: FPR and PRO at each of the 200 thresholds are two binary searches each.
+
+On an MVTec-sized input (1725 maps of 256x256) this is the cost of one sort;
+``scripts/bench_aupro.py`` measures it against anomalib's implementation. Given CUDA tensors,
+the sort and the searches run on their device (connected components stay on the CPU: the masks
+are small and scipy labels them once).
 
 Regions are 8-connected components of each mask, as in both reference implementations.
 """
@@ -120,32 +134,166 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     return fprs, pros
 
 
+def _validated_torch(masks, maps):
+    """Check CUDA tensors without moving the maps to the host. Returns (int8 numpy masks, maps)."""
+    import torch  # only reached for tensors, so torch is importable
+
+    if masks.ndim != 3 or maps.shape != masks.shape:
+        raise MetricInputError(
+            f"aupro expects masks and maps of the same shape [N, H, W], got {tuple(masks.shape)} and {tuple(maps.shape)}; "
+            "resize the maps to the mask resolution (bilinear) before scoring"
+        )
+    if not bool(torch.isfinite(maps).all()):
+        raise MetricInputError("anomaly maps contain NaN or infinity")
+    host_masks = (masks > 0.5).to(torch.int8).cpu().numpy() if hasattr(masks, "detach") else (np.asarray(masks) > 0.5).astype(np.int8)
+    return host_masks, maps
+
+
+def _ranks_on_device(maps) -> bool:
+    """Rank on the maps' device only for CUDA tensors: torch's CPU sort is ~15x slower than numpy's."""
+    return bool(getattr(maps, "is_cuda", False))
+
+
+class _RankedPixels:
+    """Normal pixels' scores sorted ascending, and the anomalous pixels with their PRO weights.
+
+    Attributes:
+        normal_count: n, the number of normal pixels.
+        anomalous_scores: [A] scores of the anomalous pixels, ascending (the maps' device and dtype).
+        anomalous_weights: [A] float64 numpy, 1 / (#regions * area of the pixel's region), same order.
+    """
+
+    def __init__(self, masks, maps, dtype) -> None:
+        on_device = _ranks_on_device(maps)
+        if on_device:
+            import torch
+
+            masks, maps = _validated_torch(masks, maps)
+            self._torch = torch
+            maps = maps.to(getattr(torch, np.dtype(dtype).name) if dtype is not None else maps.dtype)
+        else:
+            self._torch = None
+            masks, maps = _masks_and_maps(masks, maps)
+            maps = np.asarray(maps, dtype=dtype if dtype is not None else (maps.dtype if maps.dtype.kind == "f" else np.float64))
+        anomalous_index, region_of_pixel, region_area = _anomalous_pixels(masks)
+        self.anomalous_weights = 1.0 / (region_area.size * region_area[region_of_pixel])
+        flat_maps = maps.reshape(-1)
+        anomalous_count = anomalous_index.size
+        self.normal_count = flat_maps.shape[0] - anomalous_count
+        if on_device:
+            index = self._torch.from_numpy(anomalous_index).to(flat_maps.device)
+            self.anomalous_scores, order = self._torch.sort(flat_maps[index])
+            self.anomalous_weights = self.anomalous_weights[order.cpu().numpy()]
+            # Anomalous pixels become -inf, sort to the front, and are cut off.
+            masked = flat_maps.clone()
+            masked[index] = -float("inf")
+            self._sorted_normals = self._torch.sort(masked).values[anomalous_count:]
+        else:
+            scores = flat_maps[anomalous_index]
+            # Ascending, so that the binary searches below walk the sorted normals in order.
+            order = np.argsort(scores, kind="stable")
+            self.anomalous_scores, self.anomalous_weights = scores[order], self.anomalous_weights[order]
+            masked = np.where(masks.reshape(-1).view(bool), flat_maps.dtype.type(-np.inf), flat_maps)
+            masked.sort()  # in place: one copy of the maps, no index array beside it
+            self._sorted_normals = masked[anomalous_count:]
+
+    def normals_at_or_above(self, values, strictly: bool = False) -> np.ndarray:
+        """For each value, how many normal pixels score >= it (> it with ``strictly``). int64 numpy."""
+        side = "right" if strictly else "left"
+        if self._torch is not None:
+            if not hasattr(values, "is_cuda"):
+                values = self._torch.as_tensor(_in_dtype(values, self._sorted_normals.dtype, strictly),
+                                               device=self._sorted_normals.device)
+            below = self._torch.searchsorted(self._sorted_normals, values.contiguous(), side=side).cpu().numpy()
+        else:
+            below = np.searchsorted(self._sorted_normals, _in_dtype(values, self._sorted_normals.dtype, strictly), side=side)
+        return self.normal_count - below.astype(np.int64)
+
+    def normal_score_at_rank(self, rank: int):
+        """The score of the normal pixel ``rank`` places below the highest (0 = the highest)."""
+        value = self._sorted_normals[self.normal_count - 1 - rank]
+        return value.item() if self._torch is not None else value
+
+    def score_range(self) -> tuple[float, float]:
+        low = min(self._sorted_normals[0].item(), self.anomalous_scores.min().item())
+        high = max(self._sorted_normals[-1].item(), self.anomalous_scores.max().item())
+        return low, high
+
+
+def _in_dtype(values, dtype, strictly: bool) -> np.ndarray:
+    """``values`` in the sorted scores' dtype, rounded so that comparisons do not change.
+
+    A float32 score x is > v exactly when it is > the largest float32 <= v, and >= v exactly when
+    it is >= the smallest float32 >= v. Searching in the scores' own dtype spares a float64 copy
+    of every pixel (numpy would promote the sorted array to the values' dtype).
+    """
+    values = np.asarray(values)
+    dtype = np.dtype(str(dtype).split(".")[-1])  # a torch dtype names its numpy twin
+    rounded = values.astype(dtype)
+    if strictly:
+        off = rounded > values
+        rounded[off] = np.nextafter(rounded[off], dtype.type(-np.inf))
+    else:
+        off = rounded < values
+        rounded[off] = np.nextafter(rounded[off], dtype.type(np.inf))
+    return rounded
+
+
+def _anomalous_pixels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices, region ids (0-based) and region areas of the anomalous pixels of [N, H, W] int8 masks."""
+    # Only images with an anomaly are labelled (a third of MVTec AD's test set); their pixels keep
+    # the order of ``flatnonzero`` over the whole stack.
+    with_anomaly = masks[masks.any(axis=(1, 2))]
+    regions, region_count = ndimage.label(with_anomaly, structure=_IN_PLANE_8_CONNECTIVITY)
+    if region_count == 0:
+        raise MetricInputError("aupro: the masks contain no anomalous region; PRO is undefined without one")
+    anomalous_index = np.flatnonzero(masks)
+    if anomalous_index.size == masks.size:
+        raise MetricInputError("aupro: every pixel is anomalous; the false-positive rate is undefined")
+    region_of_pixel = regions.reshape(-1)[np.flatnonzero(with_anomaly)].astype(np.int64) - 1
+    return anomalous_index, region_of_pixel, np.bincount(region_of_pixel, minlength=region_count).astype(np.float64)
+
+
 def _aupro_mvtec(masks, maps, fpr_limit: float) -> float:
-    fprs, pros = pro_curve(masks, maps)
-    return _area_up_to(fprs, pros, fpr_limit) / fpr_limit
+    pixels = _RankedPixels(masks, maps, np.float32)  # scores compared in float32, as ``pro_curve`` does
+    n, weights = pixels.normal_count, pixels.anomalous_weights
+    # Normal pixels are laid out on the FPR axis from the highest score down, pixel i on [i, i + 1] / n.
+    # An anomalous pixel counts towards PRO from the first normal pixel that scores below it (i >= above)
+    # and, linearly over the tie, from the first that scores equal to it (i >= at_or_above).
+    at_or_above = pixels.normals_at_or_above(pixels.anomalous_scores)
+    above = pixels.normals_at_or_above(pixels.anomalous_scores, strictly=True)
+    limit = fpr_limit * n
+    # The tie group of normal pixels that the limit falls in: pixels [start, start + size).
+    cut_score = pixels.normal_score_at_rank(min(int(limit), n - 1))
+    start = int(pixels.normals_at_or_above(np.asarray([cut_score]), strictly=True)[0])
+    size = int(pixels.normals_at_or_above(np.asarray([cut_score]))[0]) - start
+    # Full pixels before the group: each anomalous pixel adds its weight over every normal pixel
+    # that scores below it, and half its weight over those that tie with it.
+    full = np.sum(weights * (np.maximum(start - at_or_above, 0) + np.maximum(start - above, 0))) / 2
+    # Inside the group the curve rises linearly from ``base`` by ``rise`` over ``size`` pixels.
+    base = np.sum(weights[at_or_above <= start])
+    rise = np.sum(weights[above <= start]) - base
+    width = limit - start
+    partial = width * base + rise * width * width / (2 * size)
+    return float((full + partial) / n / fpr_limit)
 
 
 def _aupro_clip_ad(masks, maps, fpr_limit: float, max_step: int) -> float:
-    masks, maps = _masks_and_maps(masks, maps)
-    regions, region_area = _label_regions(masks)
-    pro_weight = _pro_weights(regions, region_area)
-    is_normal = regions == 0
-    scores = maps.reshape(-1)
-    # Thresholds in the maps' own dtype, as the reference code computes them (float32 maps give
-    # float32 thresholds); float64 arithmetic would move the result in the 5th decimal.
-    low, high = scores.min(), scores.max()
+    # Thresholds as the reference code computes them: numpy's arange from the maps' float32 min
+    # and max gives float64 thresholds, compared with the float32 scores (``_in_dtype`` keeps
+    # that comparison exact without a float64 copy of the scores).
+    pixels = _RankedPixels(masks, maps, None)
+    low, high = pixels.score_range()
     if not high > low:
         raise MetricInputError("aupro: the anomaly maps are constant; no threshold separates anything")
+    dtype = pixels.anomalous_scores.dtype if pixels._torch is None else np.dtype(str(pixels.anomalous_scores.dtype).split(".")[-1])
+    low, high = np.asarray(low, dtype=dtype), np.asarray(high, dtype=dtype)
     thresholds = np.arange(low, high, (high - low) / max_step)
-    # bin b = number of thresholds strictly below the score: the pixel is positive
-    # (score > threshold j) exactly for j < b.
-    bins = np.searchsorted(thresholds, scores, side="left")
-    n_bins = thresholds.size + 1
-    pro_hist = np.bincount(bins, weights=pro_weight, minlength=n_bins)
-    fpr_hist = np.bincount(bins[is_normal], minlength=n_bins) / is_normal.sum()
-    # Value at threshold j = sum of the histogram over bins b > j.
-    pros = np.cumsum(pro_hist[::-1])[::-1][1:]
-    fprs = np.cumsum(fpr_hist[::-1])[::-1][1:]
+    # A pixel is positive when its score > threshold.
+    fprs = pixels.normals_at_or_above(thresholds, strictly=True) / pixels.normal_count
+    anomalous = pixels.anomalous_scores if pixels._torch is None else pixels.anomalous_scores.cpu().numpy()
+    weight_from_top = np.concatenate((np.cumsum(pixels.anomalous_weights[::-1])[::-1], [0.0]))
+    pros = weight_from_top[np.searchsorted(anomalous, thresholds, side="right")]
     keep = fprs < fpr_limit
     fprs, pros = fprs[keep], pros[keep]
     if fprs.size < 2 or fprs.max() == fprs.min():
@@ -164,7 +312,8 @@ def aupro(masks, maps, fpr_limit: float = 0.3, variant: str = "mvtec", max_step:
 
     Args:
         masks: [N, H, W] binary ground-truth masks (numpy or torch).
-        maps: [N, H, W] anomaly maps at the same resolution.
+        maps: [N, H, W] anomaly maps at the same resolution (numpy or torch; CUDA tensors are
+            ranked on their device).
         fpr_limit: upper end of the integration on the FPR axis (0.3 in every paper here).
         variant: ``"mvtec"`` (official, default) or ``"clip_ad"`` (200-threshold recipe).
         max_step: number of thresholds of the ``clip_ad`` recipe.
