@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -46,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import build_clip
 from ..data.transforms import ImageTransform
-from ..feature_cache import FeatureCache
+from ..feature_cache import FeatureCache, encode_in_fixed_batches, tensor_digest
 from ..losses import cross_modal_contrastive
 from ..training import gradient_step
 from ..validation import Each, Options, ValidatedConfig
@@ -238,7 +240,7 @@ class _FrozenCLIPClassifier(Detector):
         self.feature_cache = feature_cache
         self._transform = transform or ImageTransform.for_backbone(self.backbone)
         self._text: dict[str, torch.Tensor] = {}
-        self._namespace: str | None = None
+        self._namespace: dict | None = None
 
     @property
     def transform(self) -> ImageTransform:
@@ -250,25 +252,38 @@ class _FrozenCLIPClassifier(Detector):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] transformed images -> F [N, C] (the unnormalized [CLS] embedding, Eq. 2)."""
         if self.feature_cache is None:
+            # The same fixed-size batches as the cache encodes, so both paths give the same bits.
             with torch.no_grad():
-                return torch.cat([self._encode(images[i:i + self.config.encode_batch_size])
-                                  for i in range(0, len(images), self.config.encode_batch_size)])
+                return encode_in_fixed_batches(self._encode, images, self.config.encode_batch_size)
+        return self.feature_cache.embed(self._cache_namespace("image"), images, self._encode,
+                                        batch_size=self.config.encode_batch_size).to(self.config.device)
+
+    def _cache_namespace(self, kind: str) -> str:
+        """The cache namespace of this backbone's ``kind`` ("image" | "text") embeddings."""
         if self._namespace is None:
             # hashed once per backbone, however many detectors share it
-            identity = {"spec": vars(self.backbone.spec), "weights": self.backbone.weights_fingerprint()}
-            self._namespace = FeatureCache.namespace(identity, self.transform.describe())
-        return self.feature_cache.embed(self._namespace, images, self._encode,
-                                        batch_size=self.config.encode_batch_size).to(self.config.device)
+            self._namespace = {"spec": vars(self.backbone.spec), "weights": self.backbone.weights_fingerprint()}
+        described = self.transform.describe() if kind == "image" else {"text": "raw mean of each prompt ensemble"}
+        return FeatureCache.namespace(self._namespace, described)
 
     def text_features(self, class_name: str) -> torch.Tensor:
         """T [2, C]: the mean of the raw text embeddings of the normal and of the abnormal sentences (Eq. 3)."""
         if class_name not in self._text:
             ensemble = PROMPT_VARIANTS[self.config.prompts]
-            with torch.no_grad():
-                embeddings = self.backbone.encode_text(ensemble.sentences(prompt_class_name(class_name)),
-                                                       normalize=False).float()
+            sentences = ensemble.sentences(prompt_class_name(class_name))
             count = ensemble.normal_count
-            self._text[class_name] = torch.stack([embeddings[:count].mean(0), embeddings[count:].mean(0)])
+
+            def encode(_indices) -> np.ndarray:
+                with torch.no_grad():
+                    embeddings = self.backbone.encode_text(sentences, normalize=False).float()
+                return torch.stack([embeddings[:count].mean(0), embeddings[count:].mean(0)])[None].cpu().numpy()
+
+            if self.feature_cache is None:
+                self._text[class_name] = torch.from_numpy(encode(None)[0])
+            else:  # each detector of a sweep would otherwise encode its prompts again
+                key = hashlib.blake2b(json.dumps([count, sentences]).encode(), digest_size=16).hexdigest()
+                self._text[class_name] = torch.from_numpy(
+                    self.feature_cache.rows(self._cache_namespace("text"), [key], encode)[0])
         return self._text[class_name]
 
     @staticmethod
@@ -333,12 +348,35 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
         self.snapshots: dict[int, dict] = {}
 
     def _synthetic_anomalies(self, references: np.ndarray, seed: int) -> np.ndarray:
-        """[K, S, S, 3] uint8 -> [K, J, S, S, 3] uint8: J anomalies of each reference, seeded by (seed, image)."""
-        from ..synthesis import synthesize_shot_anomalies  # only fitting needs it (scipy's DST, NSA)
+        """[K, S, S, 3] uint8 -> [K, J, S, S, 3] uint8: J anomalies of each reference, seeded by (seed, image).
+
+        With a feature cache, each anomaly is kept there with its mask ([S, S, 4]: RGB and the
+        mask as a 0/1 channel), keyed by the reference's bytes, the seed, the shot index, its
+        own index and the synthesis code, so a warm sweep draws nothing again.
+        """
+        from ..synthesis import synthesis_fingerprint, synthesize_anomalies  # only fitting needs them
 
         config = self.config
-        drawn = synthesize_shot_anomalies(references, config.synthesis, config.anomalies_per_image, seed)
-        return np.stack([np.stack([a.image for a in shot]) for shot in drawn])
+        shots, per_image = len(references), config.anomalies_per_image
+
+        def draw(shot: int) -> np.ndarray:
+            drawn = synthesize_anomalies(references[shot], config.synthesis, per_image, (seed, shot))
+            return np.stack([np.concatenate([a.image, a.mask[..., None].astype(np.uint8)], axis=-1) for a in drawn])
+
+        if self.feature_cache is None:
+            return np.stack([draw(shot)[..., :3] for shot in range(shots)])
+        namespace = FeatureCache.namespace({"synthesis": config.synthesis, "code": synthesis_fingerprint()},
+                                           {"rows": "anomaly RGB + mask"})
+        keys = [hashlib.blake2b(f"{reference_key},{seed},{shot},{j}".encode(), digest_size=16).hexdigest()
+                for shot, reference_key in enumerate(tensor_digest(torch.from_numpy(r)) for r in references)
+                for j in range(per_image)]
+
+        def compute(indices: list[int]) -> np.ndarray:
+            drawn = {shot: draw(shot) for shot in sorted({i // per_image for i in indices})}
+            return np.stack([drawn[i // per_image][i % per_image] for i in indices])
+
+        rows = self.feature_cache.rows(namespace, keys, compute)
+        return rows[..., :3].reshape(shots, per_image, *rows.shape[1:3], 3)
 
     def _optimizer(self, head: CLIPFSACHead) -> torch.optim.Optimizer:
         config = self.config
@@ -349,10 +387,10 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
         ]
         decay = config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 0.0)
         if config.optimizer == "adam":
-            return torch.optim.Adam(groups, weight_decay=decay)
+            return torch.optim.Adam(groups, weight_decay=decay, foreach=True)  # one kernel per step, not per tensor
         if config.optimizer == "adamw":
-            return torch.optim.AdamW(groups, weight_decay=decay)
-        return torch.optim.SGD(groups, weight_decay=decay)
+            return torch.optim.AdamW(groups, weight_decay=decay, foreach=True)
+        return torch.optim.SGD(groups, weight_decay=decay, foreach=True)
 
     def training_loss(self, head: CLIPFSACHead, normal: torch.Tensor, anomalous: torch.Tensor,
                       text: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ Every anomaly comes with the mask of exactly the pixels it changed. Draws are se
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -176,3 +178,12 @@ def synthesize_shot_anomalies(shots: np.ndarray, method: str, per_shot: int, see
     """``per_shot`` anomalies of each of the k-shot images [K, H, W, 3] uint8, the i-th shot's seeded
     by (``seed``, i): what the few-shot methods that train on synthetic anomalies draw."""
     return [synthesize_anomalies(image, method, per_shot, (seed, index)) for index, image in enumerate(shots)]
+
+
+def synthesis_fingerprint() -> str:
+    """A digest of this package's source: cached anomalies are stale once the synthesis code changes."""
+    digest = hashlib.blake2b(digest_size=12)
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
