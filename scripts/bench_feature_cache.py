@@ -15,6 +15,12 @@ The same sweep (1/2/4/8 shots x seeds x every synthetic category, random-init we
 
 It prints each time, the warm-over-cold ratio, and the largest I-AUROC difference between the
 sweeps (0 when the paths agree bit for bit, as they should on one machine).
+
+    python scripts/bench_feature_cache.py --store-rows 400000 [--dim 640]
+
+measures the store alone at paper scale instead: it saves that many random embeddings in shards
+of 50,000, opens the cache again as a new run would, and reads 10,000 random rows, printing the
+times and how much private memory the reopened cache costs.
 """
 from __future__ import annotations
 
@@ -49,6 +55,35 @@ def sweep(backbone, config, cache, train, test, shots, seeds) -> tuple[float, li
     return time.perf_counter() - start, aurocs
 
 
+def private_mb() -> float:
+    """Resident anonymous memory (what the process itself holds; mapped file pages are the page cache's)."""
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle)
+    return int(fields["RssAnon"].split()[0]) / 1024
+
+
+def store_at_scale(rows: int, dim: int, shard_rows: int = 50_000) -> None:
+    rng = np.random.default_rng(0)
+    keys = [f"{i:032x}" for i in range(rows)]
+    with tempfile.TemporaryDirectory() as directory:
+        cache = FeatureCache(directory)
+        start = time.perf_counter()
+        for first in range(0, rows, shard_rows):
+            chunk = keys[first:first + shard_rows]
+            cache.rows("paper", chunk, lambda indices: rng.standard_normal((len(indices), dim), dtype=np.float32))
+            cache.save()
+        print(f"saved {rows} rows of {dim} floats ({rows * dim * 4 / 2**30:.2f} GiB) in "
+              f"{-(-rows // shard_rows)} shards: {time.perf_counter() - start:.1f} s")
+        del cache
+        before = private_mb()
+        start = time.perf_counter()
+        reopened = FeatureCache(directory)
+        picked = [keys[i] for i in rng.choice(rows, 10_000, replace=False)]
+        found = reopened.rows("paper", picked, lambda indices: exit("a saved row was missing"))
+        print(f"reopened and read {len(found)} random rows in {time.perf_counter() - start:.2f} s; "
+              f"private memory grew by {private_mb() - before:.0f} MB (the shards are mapped, not loaded)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="clipad-tiny-ViT")
@@ -59,8 +94,13 @@ def main() -> None:
     parser.add_argument("--anomalies-per-image", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--uncached", action="store_true", help="also run the sweep without a cache (slow)")
+    parser.add_argument("--store-rows", type=int, help="measure the store alone with this many rows")
+    parser.add_argument("--dim", type=int, default=640, help="embedding width for --store-rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.store_rows:
+        store_at_scale(args.store_rows, args.dim)
+        return
     train, test = load_dataset("synthetic", "train"), load_dataset("synthetic", "test")
     backbone = build_clip(args.backbone, None, args.image_size)
     config = CLIPFSACConfig.for_dataset("visa", backbone=args.backbone, pretrained=None, image_size=args.image_size,

@@ -12,7 +12,15 @@ import torch
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="clipad-tests-"))
 os.environ["CLIPAD_CACHE"] = str(_SESSION_DIR / "cache")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (-n 2 on 2 cores): two threads each would oversubscribe the cores, and
+    # OpenMP's spinning threads then slow small ops down by 10-100x. Notebook kernels and SLURM
+    # jobs started by a test inherit the limit through the environment.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

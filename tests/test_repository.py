@@ -68,7 +68,7 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     command = "python3.11 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 && " \
-              ".venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
+              ".venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q -n 2"
     assert command in readme and command in ci
 
 
