@@ -148,6 +148,21 @@ def test_verify_reports_every_kind_of_mismatch(copy_of_synthetic):
     assert "anomalous image(s) have no mask" in text and "002.png" in text
 
 
+def test_an_anomalous_image_without_its_mask_is_refused_or_dropped_never_loaded_silently(copy_of_synthetic):
+    root = copy_of_synthetic
+    (root / "washer" / "ground_truth" / "scratch" / "002_mask.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 anomalous image\(s\) of synthetic \(test\) have no mask") as error:
+        load_dataset("synthetic", "test", root=root)
+    assert "washer/test/scratch/002.png" in str(error.value) and 'unmasked="drop"' in str(error.value)
+    complete = load_dataset("synthetic", "test", root=root, categories=["pill"])  # other categories are fine
+    assert complete.dropped == []
+    with pytest.warns(RuntimeWarning, match="leaving out 1 anomalous image"):
+        dropped = load_dataset("synthetic", "test", root=root, unmasked="drop")
+    assert [p.relative_to(root).as_posix() for p in dropped.dropped] == ["washer/test/scratch/002.png"]
+    assert all(r.mask_path is not None for r in dropped.records if r.label == 1)
+    assert len(dropped) == len(load_dataset("synthetic", "test")) - 1
+
+
 def test_verify_names_manifest_and_download_hint_for_a_missing_root(tmp_path):
     report = verify_dataset("mvtec", tmp_path / "nowhere")
     assert not report.ok

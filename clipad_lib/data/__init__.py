@@ -22,10 +22,14 @@ def dataset_root(name: str, root: str | Path | None = None) -> Path:
 
 
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                 categories: list[str] | None = None) -> AnomalyDataset:
-    """Read one split of a dataset by name, with the layout its manifest declares."""
+                 categories: list[str] | None = None, unmasked: str = "refuse") -> AnomalyDataset:
+    """Read one split of a dataset by name, with the layout its manifest declares.
+
+    An anomalous image without its mask is refused (``unmasked="drop"`` leaves such images out and
+    lists them in ``dataset.dropped``; see :func:`read_split`).
+    """
     manifest = load_manifest(name)
-    return read_split(manifest, dataset_root(name, root), split, categories)
+    return read_split(manifest, dataset_root(name, root), split, categories, unmasked)
 
 
 __all__ = [

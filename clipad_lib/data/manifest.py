@@ -1,6 +1,7 @@
 """Dataset manifests (``data_manifests/<name>.yaml``) and checking a real copy against one."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -125,8 +126,19 @@ def list_manifests() -> list[str]:
     return sorted(p.stem for p in paths.manifests_dir().glob("*.yaml"))
 
 
-def read_split(manifest: Manifest, root: Path, split: str, categories=None) -> AnomalyDataset:
-    """Read one split of a dataset whose root is known, with the reader its manifest names."""
+UNMASKED_CHOICES = ("refuse", "drop", "keep")
+
+
+def read_split(manifest: Manifest, root: Path, split: str, categories=None, unmasked: str = "refuse") -> AnomalyDataset:
+    """Read one split of a dataset whose root is known, with the reader its manifest names.
+
+    ``unmasked``: what to do with anomalous images that have no mask in a dataset with pixel labels
+    (their pixels would count as normal and skew every pixel metric): ``"refuse"`` (default) raises
+    naming them, ``"drop"`` leaves them out with a warning and lists them in the dataset's
+    ``dropped``, ``"keep"`` keeps them (``verify_dataset`` reports them itself).
+    """
+    if unmasked not in UNMASKED_CHOICES:
+        raise ValueError(f"unmasked must be one of {UNMASKED_CHOICES}, got {unmasked!r}")
     if categories is not None:
         unknown = [c for c in categories if c not in manifest.categories]
         if unknown:
@@ -136,7 +148,23 @@ def read_split(manifest: Manifest, root: Path, split: str, categories=None) -> A
     reader = READERS[manifest.layout["format"]]
     records = reader(root, split, categories if categories is not None else list(manifest.categories),
                      **manifest.reader_options())
-    return AnomalyDataset(manifest.name, records, manifest.has_pixel_labels)
+    without_mask = [r for r in records if r.label == ANOMALOUS and r.mask_path is None] if manifest.has_pixel_labels else []
+    if without_mask and unmasked == "refuse":
+        shown = "\n  ".join(str(r.image_path) for r in without_mask[:10])
+        more = f"\n  ... and {len(without_mask) - 10} more" if len(without_mask) > 10 else ""
+        raise DatasetError(
+            f"{len(without_mask)} anomalous image(s) of {manifest.name} ({split}) have no mask, so their pixels would "
+            f"count as normal in every pixel metric:\n  {shown}{more}\nRestore the masks (see "
+            f"`clipad data verify {manifest.name}`), or load with unmasked=\"drop\" to leave these images out "
+            "(they are then listed in the dataset's `dropped`)."
+        )
+    if without_mask and unmasked == "drop":
+        warnings.warn(f"{manifest.name} ({split}): leaving out {len(without_mask)} anomalous image(s) without a mask "
+                      f"(dataset.dropped lists them)", RuntimeWarning, stacklevel=2)
+        records = [r for r in records if not (r.label == ANOMALOUS and r.mask_path is None)]
+    dataset = AnomalyDataset(manifest.name, records, manifest.has_pixel_labels)
+    dataset.dropped = [r.image_path for r in without_mask] if unmasked == "drop" else []
+    return dataset
 
 
 @dataclass
@@ -221,7 +249,8 @@ def verify_dataset(name_or_manifest: str | Manifest, root: str | Path | None = N
     else:
         present = present & selected
     try:
-        test = read_split(manifest, root, "test", sorted(present)) if present else AnomalyDataset(manifest.name, [])
+        test = (read_split(manifest, root, "test", sorted(present), unmasked="keep") if present
+                else AnomalyDataset(manifest.name, []))
     except DatasetError as exc:
         report.problems.append(str(exc))
         return report

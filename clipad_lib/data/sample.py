@@ -96,6 +96,7 @@ class AnomalyDataset(Sequence[Sample]):
         self.name = name
         self.records = sorted(records, key=lambda r: (r.category, str(r.image_path)))
         self.has_pixel_labels = has_pixel_labels
+        self.dropped: list[Path] = []  # images read_split left out (unmasked="drop")
 
     def __len__(self) -> int:
         return len(self.records)
