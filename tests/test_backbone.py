@@ -87,6 +87,28 @@ def test_checkpoint_of_the_wrong_shape_names_the_tensor(tmp_path, tiny_backbone)
         build_clip("clipad-tiny-ViT", pretrained=str(garbage))
 
 
+def test_positional_embeddings_of_the_wrong_width_are_named_not_asserted(tmp_path, tiny_backbone):
+    # open_clip's resize would stop at `AssertionError: text pos_embed width changed!`.
+    state = dict(tiny_backbone.model.state_dict())
+    length, width = state["positional_embedding"].shape
+    state["positional_embedding"] = torch.zeros(length, width + 8)
+    tokens, visual_width = state["visual.positional_embedding"].shape
+    state["visual.positional_embedding"] = torch.zeros(tokens, visual_width * 2)
+    path = tmp_path / "wide.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as error:
+        build_clip("clipad-tiny-ViT", pretrained=str(path))
+    message = str(error.value)
+    assert f"'positional_embedding' has shape [{length}, {width + 8}] in the checkpoint but the model expects " \
+           f"[{length}, {width}]" in message
+    assert f"'visual.positional_embedding' has shape [{tokens}, {visual_width * 2}]" in message
+    # Only the length may differ: a shorter text context is resized, as before.
+    state = dict(tiny_backbone.model.state_dict())
+    state["positional_embedding"] = state["positional_embedding"][: length - 4].clone()
+    torch.save(state, path)
+    assert build_clip("clipad-tiny-ViT", pretrained=str(path)).model.positional_embedding.shape == (length, width)
+
+
 class _RunsCode:
     """Unpickling this would run a shell command: the classic malicious checkpoint."""
 

@@ -113,16 +113,26 @@ def architecture(model_name: str) -> Architecture:
                         int(size[0] if isinstance(size, (list, tuple)) else size))
 
 
+# Their length may differ from the model's (another resolution or context length): loading resizes them.
+RESIZABLE_POSITIONAL_EMBEDDINGS = ("positional_embedding", "text.positional_embedding", "visual.positional_embedding")
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
-                     source: str) -> None:
-    """Fail naming every missing, unexpected or wrongly shaped tensor of ``state_dict``."""
+                     source: str, resizable: Sequence[str] = ()) -> None:
+    """Fail naming every missing, unexpected or wrongly shaped tensor of ``state_dict``.
+
+    Tensors named in ``resizable`` only need the model's number of dimensions and width (last dim).
+    """
     problems = []
     for key in sorted(set(expected) - set(state_dict)):
         problems.append(f"missing tensor {key!r} (shape {list(expected[key].shape)})")
     for key in sorted(set(state_dict) - set(expected)):
         problems.append(f"unexpected tensor {key!r}")
     for key in sorted(set(expected) & set(state_dict)):
-        if tuple(expected[key].shape) != tuple(state_dict[key].shape):
+        want, got = tuple(expected[key].shape), tuple(state_dict[key].shape)
+        if key in resizable and len(want) == len(got) and want[-1:] == got[-1:]:
+            continue
+        if want != got:
             problems.append(
                 f"tensor {key!r} has shape {list(state_dict[key].shape)} in the checkpoint "
                 f"but the model expects {list(expected[key].shape)}"
@@ -150,6 +160,8 @@ def load_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], 
     # the positional-embedding resize has no half-precision kernel on CPU.
     state_dict = {key: value.to(expected[key].dtype) if key in expected and value.is_floating_point() else value
                   for key, value in state_dict.items()}
+    # Checked before open_clip's resizing, which asserts on a wrong width instead of naming the tensor.
+    check_state_dict(expected, state_dict, source, resizable=RESIZABLE_POSITIONAL_EMBEDDINGS)
     before = state_dict.get("visual.positional_embedding")
     resize_pos_embed(state_dict, model, interpolation=pos_embed_interpolation, antialias=pos_embed_antialias)
     resize_text_pos_embed(state_dict, model)
