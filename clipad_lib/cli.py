@@ -13,7 +13,7 @@ PROFILES = tuple(available_profiles())
 
 
 def _run(args) -> int:
-    from .runner import parse_parameter, run_notebooks
+    from .runner import ResultsFolderBusy, parse_parameter, run_notebooks
 
     overrides = dict(parse_parameter(p) for p in args.parameter)
     if args.executor == "slurm":
@@ -23,8 +23,12 @@ def _run(args) -> int:
     if ignored:
         print(f"[clipad] {', '.join(ignored)} only apply with --executor slurm; running here, one notebook after "
               "the other", flush=True)
-    results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume,
-                            cell_timeout=args.cell_timeout or None)
+    try:
+        results = run_notebooks(args.notebooks, args.profile, overrides, resume=args.resume,
+                                cell_timeout=args.cell_timeout or None)
+    except ResultsFolderBusy as exc:
+        print(f"clipad: error: {exc}", file=sys.stderr)
+        return 2
     failed = [r for r in results if not r.ok]
     print(f"[clipad] {len(results) - len(failed)} notebook(s) ran, {len(failed)} failed")
     for result in failed:

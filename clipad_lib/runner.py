@@ -1,8 +1,12 @@
 """Headless execution of the notebooks with papermill, one profile at a time."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +19,50 @@ from .profiles import profile_parameters
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 DEFAULT_CELL_TIMEOUT_S = 4 * 3600  # paper-profile training cells run for hours; a hang still ends
+
+
+LOCK_NAME = ".clipad-run.lock"
+
+
+class ResultsFolderBusy(RuntimeError):
+    """Another ``clipad run`` is writing into the same results folder."""
+
+
+@contextlib.contextmanager
+def results_folder_lock(results_dir: Path, notebooks: Sequence[str]):
+    """Hold ``results_dir``'s run lock for the duration, or raise :class:`ResultsFolderBusy` at once.
+
+    Two local runs into one folder would interleave their records, tables and executed copies.
+    The lock is an ``flock`` on ``<results_dir>/.clipad-run.lock``, so it ends with its process
+    (a killed run leaves nothing to clean up); the file says who holds it. SLURM jobs of one
+    submission write into the folder together by design and do not take it.
+    """
+    path = Path(results_dir) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}, "
+                   f"running {', '.join(holder.get('notebooks', [])) or '?'}")
+            raise ResultsFolderBusy(
+                f"{results_dir} is in use by another `clipad run` ({who}). Wait for it to finish, or give this run "
+                "its own folder: CLIPAD_RESULTS=/another/folder clipad run ..."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now(),
+                                 "notebooks": list(notebooks)}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 @dataclass
@@ -237,7 +285,8 @@ def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = N
                   results_root: Path | None = None, progress: bool = True,
                   cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S) -> list[NotebookResult]:
     """Execute notebooks one after the other into ``results/<profile>/``; a failing notebook does
-    not stop the others. Every notebook's parameters are checked before the first one starts.
+    not stop the others. Every notebook's parameters are checked before the first one starts, and
+    the folder is locked against a second run (:func:`results_folder_lock`).
 
     A cell running longer than ``cell_timeout`` seconds fails its notebook (None: no limit).
     """
@@ -246,8 +295,9 @@ def run_notebooks(names: Sequence[str], profile: str, overrides: dict | None = N
     notebooks = resolve_notebooks(names)
     planned = list(zip(notebooks, plan_parameters(notebooks, profile, overrides or {}, resume, results_dir)))
     results = []
-    for notebook, parameters in planned:
-        print(f"[clipad] {notebook.name} ({profile}) -> {results_dir / notebook.name}", flush=True)
-        results.append(execute_notebook(notebook, parameters, results_dir, progress=progress,
-                                        cell_timeout=cell_timeout))
+    with results_folder_lock(results_dir, [n.stem for n in notebooks]):
+        for notebook, parameters in planned:
+            print(f"[clipad] {notebook.name} ({profile}) -> {results_dir / notebook.name}", flush=True)
+            results.append(execute_notebook(notebook, parameters, results_dir, progress=progress,
+                                            cell_timeout=cell_timeout))
     return results

@@ -85,6 +85,35 @@ def test_a_hanging_cell_fails_at_the_cell_timeout(tmp_path):
     assert not result.ok and "cell timeout" in result.error
 
 
+def test_a_second_run_into_a_busy_results_folder_is_refused_naming_the_first(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    fine = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}), new_code_cell("x + 1")])
+    fine.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(fine, tmp_path / "fine.ipynb")
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from clipad_lib.runner import results_folder_lock as lock\n"
+         f"with lock(__import__('pathlib').Path({str(out)!r}), ['11_adaclip']):\n"
+         "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"in use by another `clipad run` \(pid {holder.pid} on .*11_adaclip"):
+            run_notebooks([str(tmp_path / "fine.ipynb")], "smoke", results_root=out, progress=False)
+        assert not (out / "fine.ipynb").exists()  # nothing was written beside the other run's files
+        monkeypatch.setenv("CLIPAD_RESULTS", str(tmp_path))
+        (tmp_path / "smoke").symlink_to(out)  # the CLI's results folder for the smoke profile
+        assert cli.main(["run", str(tmp_path / "fine.ipynb"), "--profile", "smoke"]) == 2
+        assert "CLIPAD_RESULTS=/another/folder" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock ends with its process: a killed run leaves nothing to clean up.
+    [result] = run_notebooks([str(tmp_path / "fine.ipynb")], "smoke", results_root=out, progress=False)
+    assert result.ok
+
+
 def test_notebook_10_runs_and_resume_skips_training(tmp_path, synthetic_root):
     _, section = profile_parameters("smoke", "10_adaclip_zero_shot")
     methods = {name: {**changes, "epochs": 1} if "epochs" in changes else changes
