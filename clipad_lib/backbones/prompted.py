@@ -193,12 +193,16 @@ class PromptedCLIP(nn.Module):
         dynamic = self._dynamic(self.text_dynamic, dynamic_source) if prompted else None
         sentences = tokens.shape[0]
         images = dynamic.shape[0] if dynamic is not None else 1
-        if dynamic is not None:  # one copy of every sentence per image
-            tokens = tokens.unsqueeze(0).expand(images, -1, -1).reshape(images * sentences, -1)
-            dynamic = dynamic.repeat_interleave(sentences, dim=0)
-        end_of_text = tokens.argmax(dim=-1)
         length = self.config.length
         paper = self.config.text_placement == "paper"
+        blocks = model.transformer.resblocks
+        # With dynamic prompts every sentence is copied per image, but the blocks before the first
+        # one that takes prompts see the sentences alone ("official": block 0; "paper": none): they
+        # run once on the P sentences, and the copies are made after them.
+        shared = 0 if paper else 1 if self.config.depth > 1 else len(blocks)
+        if dynamic is not None:
+            dynamic = dynamic.repeat_interleave(sentences, dim=0)
+        end_of_text = tokens.argmax(dim=-1)
         if prompted and paper and int(end_of_text.max()) + length >= tokens.shape[1]:
             raise BackboneError(f"a sentence is too long to insert {length} prompt tokens into the context")
         # Attention is causal and the embedding is read at the end-of-text token, so the padding
@@ -213,7 +217,15 @@ class PromptedCLIP(nn.Module):
         attn_mask = model.attn_mask[:used, :used] if model.attn_mask is not None else None
         cast_dtype = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:used].to(cast_dtype)
-        for index, block in enumerate(model.transformer.resblocks):
+        first = 0
+        if dynamic is not None:  # one copy of every sentence per image, after the shared blocks
+            for block in blocks[:shared]:
+                x = block(x, attn_mask=attn_mask)
+            first = shared
+            x = x.unsqueeze(0).expand(images, -1, -1, -1).reshape(images * sentences, *x.shape[1:])
+            end_of_text = end_of_text.repeat(images)
+        for index in range(first, len(blocks)):
+            block = blocks[index]
             if prompted and index < self.config.depth:
                 prompts = self._layer_prompts(self.text_static, dynamic, index, x.shape[0]).to(x.dtype)
                 if paper and index == 0:

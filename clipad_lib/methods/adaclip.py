@@ -41,6 +41,7 @@ on test data: the model after the last epoch is the model.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
@@ -67,7 +68,7 @@ from .base import (BACKBONE_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE, POSITIV
                    SMOOTHING_BOUNDARIES, Prediction, check_layers, gaussian_smooth, upsample_patch_logits)
 from .registry import register_method
 from .kmeans import batched_kmeans
-from .text_prompts import ADACLIP_ENSEMBLE, prompt_class_name, state_embeddings
+from .text_prompts import ADACLIP_ENSEMBLE, full_precision, prompt_class_name, state_embeddings
 
 IMAGE_SCORES = ("hsf", "cls", "max")
 KMEANS = ("batched", "sklearn")
@@ -286,6 +287,7 @@ class AdaCLIPModel(nn.Module):
             self.cls_projection = None
         self.ensemble = ADACLIP_ENSEMBLE
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._token_cache: dict[tuple, torch.Tensor] = {}  # (ensemble, class name, device) -> token ids [P, L]
         self.to(config.device)
 
     @property
@@ -306,25 +308,39 @@ class AdaCLIPModel(nn.Module):
             return [F.normalize(self.backbone.project_tokens(t), dim=-1) for t in tokens]
         return [F.normalize(linear(t), dim=-1) for linear, t in zip(self.patch_projection, tokens)]
 
+    def _tokens(self, name: str, device: torch.device) -> torch.Tensor:
+        """Token ids [P, L] of the ensemble's sentences for one class, tokenized once per class
+        (they depend on nothing learned; tokenizing costs as much as a tiny CLIP's forward)."""
+        key = (self.ensemble, name, str(device))
+        if key not in self._token_cache:
+            sentences = self.ensemble.sentences(prompt_class_name(name))
+            self._token_cache[key] = self.backbone.tokenizer(sentences).to(device)
+        return self._token_cache[key]
+
     def _text(self, class_names: Sequence[str], dynamic_source: torch.Tensor | None) -> torch.Tensor:
         """[B, 2, D] normalized (normal, abnormal) text embeddings, one pair per image."""
         device = next(self.parameters()).device
         per_image = self.prompted.text_dynamic is not None
-        result: list[torch.Tensor | None] = [None] * len(class_names)
+        parts, order = [], []  # per class its rows' [n, 2, D] embeddings, and those rows
         for name in sorted(set(class_names)):
             rows = [i for i, n in enumerate(class_names) if n == name]
             if not per_image and not self.training and name in self._text_cache:
                 embedding = self._text_cache[name]
             else:
-                tokens = self.backbone.tokenizer(self.ensemble.sentences(prompt_class_name(name))).to(device)
+                tokens = self._tokens(name, device)
                 source = dynamic_source[rows] if per_image else None
-                sentences = self.prompted.encode_text(tokens, dynamic_source=source)
-                embedding = state_embeddings(sentences, self.ensemble.normal_count)  # [2, D] or [n, 2, D]
-                if not per_image and not self.training:
+                cache = not per_image and not self.training
+                with full_precision(device) if cache else contextlib.nullcontext():  # cached: never under autocast
+                    sentences = self.prompted.encode_text(tokens, dynamic_source=source)
+                    embedding = state_embeddings(sentences, self.ensemble.normal_count)  # [2, D] or [n, 2, D]
+                if cache:
                     self._text_cache[name] = embedding
-            for j, row in enumerate(rows):
-                result[row] = embedding[j] if per_image else embedding
-        return torch.stack(result)
+            parts.append(embedding if per_image else embedding.expand(len(rows), -1, -1))
+            order.extend(rows)
+        stacked = torch.cat(parts)  # rows in class order
+        if order == list(range(len(order))):
+            return stacked
+        return stacked[torch.as_tensor(order, device=stacked.device).argsort()]
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, list[torch.Tensor]]:
         """images [B, 3, S, S] -> (the dynamic prompts' source [B, D] or None, the pooled image

@@ -179,14 +179,22 @@ class AprilGANDetector(Detector):
         config = self.config
         images = images.to(config.device)
         size = images.shape[-1]
-        tokens, pooled = self.backbone.patch_tokens(images, config.layers)
+        if self.few_shot:
+            # One forward for both layer lists (it was run twice, once per list). patch_tokens returns
+            # a list's layers in block order, each once: so are they picked here.
+            union = sorted(set(config.layers) | set(config.few_shot_layers))
+            outputs, pooled = self.backbone.patch_tokens(images, union)
+            by_layer = dict(zip(union, outputs))
+            tokens = [by_layer[layer] for layer in sorted(set(config.layers))]
+            query = [by_layer[layer] for layer in sorted(set(config.few_shot_layers))]
+        else:
+            tokens, pooled = self.backbone.patch_tokens(images, config.layers)
         text = self._text_embeddings(list(class_names))
         image_embedding = F.normalize(pooled, dim=-1)
         scores = torch.softmax(100.0 * torch.bmm(image_embedding[:, None], text.transpose(1, 2))[:, 0], dim=-1)[:, 1]
         maps = sum(torch.softmax(upsample_patch_logits(logits, size), dim=1)[:, 1]
                    for logits in self._layer_logits(tokens, text))
         if self.few_shot:
-            query, _ = self.backbone.patch_tokens(images, config.few_shot_layers)
             for layer_tokens, bank in zip(query, self.memory):
                 distance = 1.0 - (F.normalize(layer_tokens, dim=-1) @ bank.T).max(dim=-1).values  # [B, N]
                 maps = maps + upsample_patch_logits(distance[..., None], size)[:, 0]

@@ -7,6 +7,7 @@ is normalized again (as all three code bases do).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -116,9 +117,25 @@ def frozen_text_embeddings(backbone, ensemble: PromptEnsemble, class_name: str) 
     return state_embeddings(sentences, ensemble.normal_count, ensemble.normalize_sentences)
 
 
+def full_precision(device):
+    """A context that turns autocast off on ``device``'s type while it is on (else does nothing).
+
+    What is cached once per class and reused (text embeddings) is computed in it, so an
+    evaluation under autocast (``evaluate_detector(precision="bf16")``) neither stores
+    reduced-precision entries that a later fp32 evaluation would read, nor depends on which
+    precision ran first."""
+    device_type = torch.device(device).type
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def cached_text_embeddings(cache: dict, backbone, ensemble: PromptEnsemble, class_names) -> torch.Tensor:
-    """[B, 2, D] frozen text embeddings, one pair per image, computed once per class into ``cache``."""
-    for name in set(class_names):
-        if name not in cache:
-            cache[name] = frozen_text_embeddings(backbone, ensemble, name)
+    """[B, 2, D] frozen text embeddings, one pair per image, computed once per class into ``cache``
+    (always in full precision: see :func:`full_precision`)."""
+    missing = [name for name in dict.fromkeys(class_names) if name not in cache]
+    if missing:
+        with full_precision(next(backbone.parameters()).device):
+            for name in missing:
+                cache[name] = frozen_text_embeddings(backbone, ensemble, name)
     return torch.stack([cache[name] for name in class_names])
