@@ -16,6 +16,14 @@ shared: compare runs made back to back, and read ``best_call_s`` in the JSON for
     python scripts/bench_eval.py                         # adaclip, aprilgan, winclip, anomalyclip, patchcore
     python scripts/bench_eval.py --methods adaclip --batches 1,8,32 --json bench.json
     python scripts/bench_eval.py --device cuda --precision bf16
+    python scripts/bench_eval.py --official-adaclip /path/to/AdaCLIP [--official-images 8]
+
+``--official-adaclip`` compares with the official AdaCLIP code instead, imported from that local
+checkout (never copied here) as ``scripts/make_golden_fixtures.py`` runs it: both sides on the
+golden fixtures' configuration (ViT-B-16 at 240 px, layers 3/6/9/12, prompt depth 4 and length 5,
+20 HSF clusters) and the same seeded random weights, the official code at batch size 1 (the only one
+its per-image dynamic text prompts allow) in a subprocess, this workbook's AdaCLIP at the
+``--batches``. It prints the official images/s and the workbook's best-batch ratio to it.
 """
 from __future__ import annotations
 
@@ -107,8 +115,8 @@ def synchronize(device: str) -> None:
 
 
 def time_batch(detector, images: torch.Tensor, precision: str, seconds: float, min_reps: int,
-               device: str) -> dict:
-    names = [TEST_CATEGORY] * len(images)
+               device: str, class_name: str = TEST_CATEGORY) -> dict:
+    names = [class_name] * len(images)
     predict_with_precision(detector, images, names, precision)  # warm-up (allocations, text caches)
     synchronize(device)
     calls = []
@@ -123,6 +131,78 @@ def time_batch(detector, images: torch.Tensor, precision: str, seconds: float, m
             break
     return {"images_per_s": len(images) * len(calls) / elapsed, "reps": len(calls), "seconds": elapsed,
             "best_call_s": min(calls), "best_images_per_s": len(images) / min(calls)}
+
+
+FIXTURES_SCRIPT = Path(__file__).resolve().parent / "make_golden_fixtures.py"
+
+
+def _fixtures():
+    """scripts/make_golden_fixtures.py as a module: the shared weights, checkpoint and official builder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_golden_fixtures", FIXTURES_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _official_worker(repo: Path, work: Path, count: int, threads: int) -> None:
+    """In its own process (the official code vendors modules named like installed ones): time the
+    official AdaCLIP on ``count`` images at batch 1; prints one JSON line."""
+    torch.set_num_threads(threads)
+    fixtures = _fixtures()
+    os.chdir(repo)
+    trainer = fixtures.official_adaclip_trainer(repo, work)
+    images = torch.load(work / "images.pt")
+    name = fixtures.CLASS_NAMES["adaclip"][0]
+    with torch.no_grad():
+        trainer.clip_model(images[:1], [name], aggregation=True)  # warm-up
+        start = time.perf_counter()
+        for i in range(count):
+            trainer.clip_model(images[i:i + 1], [name], aggregation=True)
+        elapsed = time.perf_counter() - start
+    print(json.dumps({"images_per_s": count / elapsed, "seconds": elapsed, "images": count}))
+
+
+def compare_with_official_adaclip(args, batches: list[int]) -> dict:
+    """This workbook's AdaCLIP against the official code on the golden configuration and weights."""
+    import subprocess
+    import tempfile
+
+    fixtures = _fixtures()
+    count = max(args.official_images, max(batches))
+    rng = torch.Generator().manual_seed(fixtures.IMAGE_SEED)
+    images = torch.randn(count, 3, fixtures.IMAGE_SIZE, fixtures.IMAGE_SIZE, generator=rng)
+    with tempfile.TemporaryDirectory(prefix="bench-adaclip-") as folder:
+        work = Path(folder)
+        torch.save(fixtures.clip_state_dict(), work / "clip.pt")
+        torch.save(fixtures.official_checkpoint("adaclip", fixtures.ADACLIP["seed"]), work / "adaclip_official.pth")
+        torch.save(images, work / "images.pt")
+        finished = subprocess.run([sys.executable, __file__, "--official-worker", str(Path(args.official_adaclip).resolve()),
+                                   "--work", str(work), "--official-images", str(args.official_images),
+                                   "--threads", str(args.threads)], capture_output=True, text=True, check=False)
+        if finished.returncode != 0:
+            raise SystemExit(f"the official AdaCLIP run failed:\n{finished.stderr[-3000:]}")
+        official = json.loads(finished.stdout.strip().splitlines()[-1])
+        from clipad_lib.methods.adaclip import AdaCLIPConfig, AdaCLIPDetector
+
+        config = AdaCLIPConfig(backbone=fixtures.MODEL, pretrained=str(work / "clip.pt"), image_size=fixtures.IMAGE_SIZE,
+                               layers=fixtures.LAYERS, prompt_length=fixtures.ADACLIP["prompt_length"],
+                               prompt_depth=fixtures.ADACLIP["prompt_depth"],
+                               hsf_clusters=fixtures.ADACLIP["hsf_clusters"], gaussian_sigma=fixtures.ADACLIP["sigma"])
+        detector = AdaCLIPDetector(config).load_official_checkpoint(work / "adaclip_official.pth")
+    name = fixtures.CLASS_NAMES["adaclip"][0]
+    ours = {}
+    for batch in batches:
+        ours[batch] = time_batch(detector, images[:batch], "fp32", args.seconds, args.min_reps, "cpu", class_name=name)
+    best = max(ours, key=lambda b: ours[b]["images_per_s"])
+    ratio = ours[best]["images_per_s"] / official["images_per_s"]
+    rates = "  ".join(f"b{b} {p['images_per_s']:6.2f}" for b, p in ours.items())
+    print(f"official AdaCLIP  b1 {official['images_per_s']:6.2f} img/s ({official['images']} images)")
+    print(f"clipad AdaCLIP    {rates} img/s | best b{best} = {ratio:.2f}x the official code "
+          f"(batch 1: {ours[1]['images_per_s'] / official['images_per_s']:.2f}x)" if 1 in ours else
+          f"clipad AdaCLIP    {rates} img/s | best b{best} = {ratio:.2f}x the official code", flush=True)
+    return {"official": official, "ours": ours, "best_batch": best, "ratio_best_to_official": ratio}
 
 
 def main(argv=None) -> dict:
@@ -141,7 +221,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--min-reps", type=int, default=3, help="at least this many timed calls per point (default 3)")
     parser.add_argument("--no-fit", action="store_true", help="time the untrained detectors (skips fitting)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--official-adaclip", type=Path, help="a checkout of the official AdaCLIP code to compare with")
+    parser.add_argument("--official-images", type=int, default=8, help="images the official code is timed on (default 8)")
+    parser.add_argument("--official-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.official_worker:
+        _official_worker(args.official_worker, args.work, args.official_images, args.threads)
+        return {}
 
     torch.set_num_threads(args.threads)
     methods = [parse_method(m.strip()) for m in args.methods.split(",") if m.strip()]  # fails early on a bad name
@@ -156,6 +243,11 @@ def main(argv=None) -> dict:
           f"CPU {device['cpu']} ({device['cpu_count']} logical) | torch threads {device['torch_threads']} | "
           f"precision {args.precision} | {args.image_size} px | batches {batches} | {args.seconds:g} s per point | "
           f"load avg {device['load_average_1min']}", flush=True)
+    if args.official_adaclip:
+        report = {"device": device, "official_adaclip": compare_with_official_adaclip(args, batches)}
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        return report
     root = ensure_synthetic_dataset()
     train, test = load_dataset("synthetic", "train", root=root), load_dataset("synthetic", "test", root=root)
     report = {"device": device, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -249,17 +249,38 @@ def _wrap(owner, name, context):
     setattr(owner, name, wrapped)
 
 
-def _adaclip_worker(repo: Path, work: Path) -> None:
+def official_adaclip_trainer(repo: Path, work: Path):
+    """The official ``AdaCLIP_Trainer`` on ``work``'s shared weights (``clip.pt``) and checkpoint
+    (``adaclip_official.pth``), with the run-time patches of the module docstring; every learnable
+    tensor checked to have arrived. Also what ``scripts/bench_eval.py --official-adaclip`` times."""
     sys.path.insert(0, str(repo))
     import method.custom_clip as custom_clip
     import method.adaclip as official
     from method import AdaCLIP_Trainer
-    from scipy.ndimage import gaussian_filter
 
     weights = str(work / "clip.pt")
     custom_clip.download_pretrained = lambda cfg, *a, **k: weights  # no download: the shared weights
     for name in ("forward_text", "forward_visual"):  # neutralise the fp16 cast of the prompt tokens
         _wrap(official.PromptLayer, name, lambda: _Patched(torch.Tensor, "half", lambda self: self))
+    trainer = AdaCLIP_Trainer(backbone=MODEL, feat_list=list(LAYERS), input_dim=WIDTH, output_dim=EMBED_DIM,
+                              learning_rate=0.0, device="cpu", image_size=IMAGE_SIZE,
+                              prompting_depth=ADACLIP["prompt_depth"], prompting_length=ADACLIP["prompt_length"],
+                              prompting_branch="VL", prompting_type="SD", use_hsf=True,
+                              k_clusters=ADACLIP["hsf_clusters"])
+    checkpoint = work / "adaclip_official.pth"
+    trainer.load(str(checkpoint))  # the official load (strict=False): check every tensor arrived
+    state, expected = trainer.state_dict(), torch.load(checkpoint)
+    learnable = {k for k in state if any(n in k for n in trainer.learnable_paramter_list)}
+    assert learnable == set(expected), sorted(learnable ^ set(expected))
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    trainer.clip_model.eval()
+    return trainer
+
+
+def _adaclip_worker(repo: Path, work: Path) -> None:
+    sys.path.insert(0, str(repo))
+    import method.adaclip as official
+    from scipy.ndimage import gaussian_filter
 
     record: dict[str, list] = {"text": [], "image_embedding": [], "layer_logits": [], "hsf": [], "labels": []}
     similarity = official.AdaCLIP.visual_text_similarity
@@ -288,17 +309,8 @@ def _adaclip_worker(repo: Path, work: Path) -> None:
 
     official.HybridSemanticFusion.forward = hsf
 
-    trainer = AdaCLIP_Trainer(backbone=MODEL, feat_list=list(LAYERS), input_dim=WIDTH, output_dim=EMBED_DIM,
-                              learning_rate=0.0, device="cpu", image_size=IMAGE_SIZE,
-                              prompting_depth=ADACLIP["prompt_depth"], prompting_length=ADACLIP["prompt_length"],
-                              prompting_branch="VL", prompting_type="SD", use_hsf=True,
-                              k_clusters=ADACLIP["hsf_clusters"])
-    checkpoint = work / "adaclip_official.pth"
-    trainer.load(str(checkpoint))  # the official load (strict=False): check every tensor arrived
-    state, expected = trainer.state_dict(), torch.load(checkpoint)
-    learnable = {k for k in state if any(n in k for n in trainer.learnable_paramter_list)}
-    assert learnable == set(expected), sorted(learnable ^ set(expected))
-    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    trainer = official_adaclip_trainer(repo, work)
+    state = trainer.state_dict()
     clip_state = torch.load(work / "clip.pt")
     frozen = {k[len("clip_model.freeze_clip."):]: v for k, v in state.items() if k.startswith("clip_model.freeze_clip.")}
     resized = [k for k in clip_state if k in frozen and not torch.equal(frozen[k].float(), clip_state[k])]
@@ -306,7 +318,6 @@ def _adaclip_worker(repo: Path, work: Path) -> None:
 
     images = torch.load(work / "images.pt")
     maps, scores = [], []
-    trainer.clip_model.eval()
     with torch.no_grad():
         for i, name in enumerate(CLASS_NAMES["adaclip"]):  # the official code runs batch size 1 (dynamic text prompts)
             np.random.seed(ADACLIP["kmeans_seed"] + i)  # its KMeans has no random_state: fix numpy's
