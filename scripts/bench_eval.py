@@ -16,7 +16,7 @@ shared: compare runs made back to back, and read ``best_call_s`` in the JSON for
     python scripts/bench_eval.py                         # adaclip, aprilgan, winclip, anomalyclip, patchcore
     python scripts/bench_eval.py --methods adaclip --batches 1,8,32 --json bench.json
     python scripts/bench_eval.py --device cuda --precision bf16
-    python scripts/bench_eval.py --official-adaclip /path/to/AdaCLIP [--official-images 8]
+    python scripts/bench_eval.py --official-adaclip /path/to/AdaCLIP [--official-python PY] [--official-images 8]
 
 ``--official-adaclip`` compares with the official AdaCLIP code instead, imported from that local
 checkout (never copied here) as ``scripts/make_golden_fixtures.py`` runs it: both sides on the
@@ -146,24 +146,6 @@ def _fixtures():
     return module
 
 
-def _official_worker(repo: Path, work: Path, count: int, threads: int) -> None:
-    """In its own process (the official code vendors modules named like installed ones): time the
-    official AdaCLIP on ``count`` images at batch 1; prints one JSON line."""
-    torch.set_num_threads(threads)
-    fixtures = _fixtures()
-    os.chdir(repo)
-    trainer = fixtures.official_adaclip_trainer(repo, work)
-    images = torch.load(work / "images.pt")
-    name = fixtures.CLASS_NAMES["adaclip"][0]
-    with torch.no_grad():
-        trainer.clip_model(images[:1], [name], aggregation=True)  # warm-up
-        start = time.perf_counter()
-        for i in range(count):
-            trainer.clip_model(images[i:i + 1], [name], aggregation=True)
-        elapsed = time.perf_counter() - start
-    print(json.dumps({"images_per_s": count / elapsed, "seconds": elapsed, "images": count}))
-
-
 def compare_with_official_adaclip(args, batches: list[int]) -> dict:
     """This workbook's AdaCLIP against the official code on the golden configuration and weights."""
     import subprocess
@@ -178,9 +160,10 @@ def compare_with_official_adaclip(args, batches: list[int]) -> dict:
         torch.save(fixtures.clip_state_dict(), work / "clip.pt")
         torch.save(fixtures.official_checkpoint("adaclip", fixtures.ADACLIP["seed"]), work / "adaclip_official.pth")
         torch.save(images, work / "images.pt")
-        finished = subprocess.run([sys.executable, __file__, "--official-worker", str(Path(args.official_adaclip).resolve()),
-                                   "--work", str(work), "--official-images", str(args.official_images),
-                                   "--threads", str(args.threads)], capture_output=True, text=True, check=False)
+        finished = subprocess.run([str(args.official_python), str(FIXTURES_SCRIPT), "--worker", "adaclip_timing",
+                                   "--adaclip", str(Path(args.official_adaclip).resolve()), "--work", str(work),
+                                   "--timing-images", str(args.official_images), "--threads", str(args.threads)],
+                                  capture_output=True, text=True, check=False)
         if finished.returncode != 0:
             raise SystemExit(f"the official AdaCLIP run failed:\n{finished.stderr[-3000:]}")
         official = json.loads(finished.stdout.strip().splitlines()[-1])
@@ -223,12 +206,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--official-adaclip", type=Path, help="a checkout of the official AdaCLIP code to compare with")
     parser.add_argument("--official-images", type=int, default=8, help="images the official code is timed on (default 8)")
-    parser.add_argument("--official-worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--official-python", type=Path, default=Path(sys.executable),
+                        help="the interpreter that runs the official code (it needs opencv, scikit-learn, ftfy; "
+                             "default this one)")
     args = parser.parse_args(argv)
-    if args.official_worker:
-        _official_worker(args.official_worker, args.work, args.official_images, args.threads)
-        return {}
 
     torch.set_num_threads(args.threads)
     methods = [parse_method(m.strip()) for m in args.methods.split(",") if m.strip()]  # fails early on a bad name
@@ -239,9 +220,10 @@ def main(argv=None) -> dict:
         parser.error("fp16 autocast needs --device cuda; on the CPU use --precision bf16")
 
     device = device_description(args.device)
+    size = "ViT-B-16 at 240 px (the golden configuration)" if args.official_adaclip else f"{args.image_size} px"
     print(f"torch {device['torch']} | device {args.device}{' (' + device['gpu'] + ')' if 'gpu' in device else ''} | "
           f"CPU {device['cpu']} ({device['cpu_count']} logical) | torch threads {device['torch_threads']} | "
-          f"precision {args.precision} | {args.image_size} px | batches {batches} | {args.seconds:g} s per point | "
+          f"precision {args.precision} | {size} | batches {batches} | {args.seconds:g} s per point | "
           f"load avg {device['load_average_1min']}", flush=True)
     if args.official_adaclip:
         report = {"device": device, "official_adaclip": compare_with_official_adaclip(args, batches)}

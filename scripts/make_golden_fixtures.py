@@ -277,6 +277,29 @@ def official_adaclip_trainer(repo: Path, work: Path):
     return trainer
 
 
+def _adaclip_timing_worker(repo: Path, work: Path, count: int, threads: int) -> None:
+    """For ``scripts/bench_eval.py --official-adaclip``: the official AdaCLIP on ``count`` images of
+    ``work/images.pt`` at batch size 1 (its only one), after one warm-up; prints one JSON line."""
+    import time
+    import types
+
+    import packaging
+
+    torch.set_num_threads(threads)
+    # Its adaclip.py imports pkg_resources for packaging.version only; setuptools >= 81 has none.
+    sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))
+    trainer = official_adaclip_trainer(repo, work)
+    images = torch.load(work / "images.pt")
+    name = CLASS_NAMES["adaclip"][0]
+    with torch.no_grad():
+        trainer.clip_model(images[:1], [name], aggregation=True)
+        start = time.perf_counter()
+        for i in range(count):
+            trainer.clip_model(images[i:i + 1], [name], aggregation=True)
+        elapsed = time.perf_counter() - start
+    print(json.dumps({"images_per_s": count / elapsed, "seconds": elapsed, "images": count}))
+
+
 def _adaclip_worker(repo: Path, work: Path) -> None:
     sys.path.insert(0, str(repo))
     import method.adaclip as official
@@ -741,12 +764,19 @@ def main(argv=None) -> None:
                         help="Python of a venv with faiss-cpu, torchvision and scikit-learn (default: this one)")
     parser.add_argument("--padim-python", type=Path, help="Python of a venv with anomalib (writes padim.npz)")
     parser.add_argument("--out", type=Path, default=FIXTURES)
-    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore", "padim"),
+    parser.add_argument("--timing-images", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore", "padim",
+                                             "adaclip_timing"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "winclip":
         _winclip_worker(args.work)
+        return
+    if args.worker == "adaclip_timing":
+        os.chdir(args.adaclip)
+        _adaclip_timing_worker(args.adaclip.resolve(), args.work, args.timing_images, args.threads)
         return
     if args.worker == "padim":
         _padim_worker(args.work)
