@@ -67,8 +67,8 @@ def _reference_curve(masks, maps):
     return np.array(fprs), np.array(pros)
 
 
-def _reference_mvtec(masks, maps, limit):
-    fprs, pros = _reference_curve(masks, maps)
+def _area_to_limit(fprs, pros, limit):
+    """The official way: trapezoids on the curve cut at the limit (interpolated), over the limit."""
     keep = fprs <= limit
     x, y = fprs[keep], pros[keep]
     if x[-1] < limit:
@@ -76,6 +76,10 @@ def _reference_mvtec(masks, maps, limit):
         y_at = pros[j - 1] + (pros[j] - pros[j - 1]) * (limit - fprs[j - 1]) / (fprs[j] - fprs[j - 1])
         x, y = np.append(x, limit), np.append(y, y_at)
     return np.trapezoid(y, x) / limit
+
+
+def _reference_mvtec(masks, maps, limit):
+    return _area_to_limit(*_reference_curve(masks, maps), limit)
 
 
 def _reference_clip_ad(masks, maps, limit=0.3, max_step=200):
@@ -151,17 +155,6 @@ def test_bad_pro_inputs():
         aupro(np.eye(4)[None], np.zeros((1, 4, 4)), variant="clip_ad")
 
 
-def _trapezoid_of_curve(masks, maps, limit):
-    """The area the way the official code takes it: the full curve, cut at the limit by interpolation."""
-    fprs, pros = pro_curve(masks, maps)
-    keep = fprs <= limit
-    x, y = fprs[keep], pros[keep]
-    if x[-1] < limit:
-        j = keep.sum()
-        x, y = np.append(x, limit), np.append(y, pros[j - 1] + (pros[j] - pros[j - 1]) * (limit - fprs[j - 1]) / (fprs[j] - fprs[j - 1]))
-    return np.trapezoid(y, x) / limit
-
-
 @pytest.mark.parametrize("decimals", [1, 2, 6])
 @pytest.mark.parametrize("limit", [0.01, 0.1, 0.3, 0.7, 1.0])
 def test_aupro_equals_the_full_curve_whatever_the_ties(decimals, limit):
@@ -171,7 +164,7 @@ def test_aupro_equals_the_full_curve_whatever_the_ties(decimals, limit):
     masks = np.zeros((8, 32, 32), np.uint8)
     masks[0, 4:12, 4:12] = masks[3, 20:30, 2:6] = masks[3, 0, 0] = masks[6, 10:25, 10:25] = 1
     maps = np.round(rng.random(masks.shape) * 0.7 + 0.4 * masks, decimals).astype(np.float32)
-    assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(_trapezoid_of_curve(masks, maps, limit), abs=1e-9)
+    assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(_area_to_limit(*pro_curve(masks, maps), limit), abs=1e-9)
 
 
 def test_aupro_keeps_memory_below_one_float64_copy_of_the_maps():
