@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -156,14 +155,7 @@ class _Namespace:
         rows = np.concatenate(self.blocks[self.saved_blocks:])
         keys = [key for chunk in self.unsaved_keys for key in chunk]
         name = uuid.uuid4().hex
-        rows_file = self.directory / f"{name}.npy"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / f".{name}.npy.tmp"
-        with open(temporary, "wb") as handle:
-            np.save(handle, rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, rows_file)
+        rows_file = atomic_write(self.directory / f"{name}.npy", lambda handle: np.save(handle, rows))
         atomic_write(self.directory / f"{name}.keys", "\n".join(keys) + "\n")  # the shard exists from here
         # The saved rows are now read from the shard like any other.
         del self.blocks[self.saved_blocks:]

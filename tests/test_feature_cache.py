@@ -79,8 +79,9 @@ def test_cached_and_uncached_fits_agree_and_a_warm_sweep_draws_no_anomaly(tiny_b
     assert abs(cached_eval.metrics["image_auroc"] - uncached_eval.metrics["image_auroc"]) <= 1e-4
 
     drawn = []
-    original = synthesis.synthesize_anomalies
-    monkeypatch.setattr(synthesis, "synthesize_anomalies", lambda *args, **kw: drawn.append(1) or original(*args, **kw))
+    original = synthesis.synthesize_shot_anomalies
+    monkeypatch.setattr(synthesis, "synthesize_shot_anomalies",
+                        lambda *args, **kw: drawn.append(1) or original(*args, **kw))
     misses = cache.stats.misses
     warm, warm_eval = fit_and_score(cache)
     assert drawn == [] and cache.stats.misses == misses  # anomalies, embeddings and prompts all came from the cache

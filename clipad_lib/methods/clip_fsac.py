@@ -240,7 +240,7 @@ class _FrozenCLIPClassifier(Detector):
         self.feature_cache = feature_cache
         self._transform = transform or ImageTransform.for_backbone(self.backbone)
         self._text: dict[str, torch.Tensor] = {}
-        self._namespace: dict | None = None
+        self._backbone_identity: dict | None = None
 
     @property
     def transform(self) -> ImageTransform:
@@ -260,11 +260,11 @@ class _FrozenCLIPClassifier(Detector):
 
     def _cache_namespace(self, kind: str) -> str:
         """The cache namespace of this backbone's ``kind`` ("image" | "text") embeddings."""
-        if self._namespace is None:
-            # hashed once per backbone, however many detectors share it
-            self._namespace = {"spec": vars(self.backbone.spec), "weights": self.backbone.weights_fingerprint()}
+        if self._backbone_identity is None:
+            # the weights are hashed once per backbone, however many detectors share it
+            self._backbone_identity = {"spec": vars(self.backbone.spec), "weights": self.backbone.weights_fingerprint()}
         described = self.transform.describe() if kind == "image" else {"text": "raw mean of each prompt ensemble"}
-        return FeatureCache.namespace(self._namespace, described)
+        return FeatureCache.namespace(self._backbone_identity, described)
 
     def text_features(self, class_name: str) -> torch.Tensor:
         """T [2, C]: the mean of the raw text embeddings of the normal and of the abnormal sentences (Eq. 3)."""
@@ -354,28 +354,27 @@ class CLIPFSACDetector(_FrozenCLIPClassifier):
         mask as a 0/1 channel), keyed by the reference's bytes, the seed, the shot index, its
         own index and the synthesis code, so a warm sweep draws nothing again.
         """
-        from ..synthesis import synthesis_fingerprint, synthesize_anomalies  # only fitting needs them
+        from ..synthesis import synthesis_fingerprint, synthesize_shot_anomalies  # only fitting needs them
 
         config = self.config
         shots, per_image = len(references), config.anomalies_per_image
 
-        def draw(shot: int) -> np.ndarray:
-            drawn = synthesize_anomalies(references[shot], config.synthesis, per_image, (seed, shot))
-            return np.stack([np.concatenate([a.image, a.mask[..., None].astype(np.uint8)], axis=-1) for a in drawn])
+        def draw() -> np.ndarray:
+            """[K * J, S, S, 4]: every anomaly of every shot, RGB and mask."""
+            drawn = synthesize_shot_anomalies(references, config.synthesis, per_image, seed)
+            return np.stack([np.concatenate([a.image, a.mask[..., None].astype(np.uint8)], axis=-1)
+                             for shot in drawn for a in shot])
 
         if self.feature_cache is None:
-            return np.stack([draw(shot)[..., :3] for shot in range(shots)])
+            return draw()[..., :3].reshape(shots, per_image, *references.shape[1:])
         namespace = FeatureCache.namespace({"synthesis": config.synthesis, "code": synthesis_fingerprint()},
                                            {"rows": "anomaly RGB + mask"})
         keys = [hashlib.blake2b(f"{reference_key},{seed},{shot},{j}".encode(), digest_size=16).hexdigest()
                 for shot, reference_key in enumerate(tensor_digest(torch.from_numpy(r)) for r in references)
                 for j in range(per_image)]
 
-        def compute(indices: list[int]) -> np.ndarray:
-            drawn = {shot: draw(shot) for shot in sorted({i // per_image for i in indices})}
-            return np.stack([drawn[i // per_image][i % per_image] for i in indices])
-
-        rows = self.feature_cache.rows(namespace, keys, compute)
+        # A fit's anomalies are missing all together or not at all (unless anomalies_per_image grew).
+        rows = self.feature_cache.rows(namespace, keys, lambda indices: draw()[indices])
         return rows[..., :3].reshape(shots, per_image, *rows.shape[1:3], 3)
 
     def _optimizer(self, head: CLIPFSACHead) -> torch.optim.Optimizer:

@@ -99,19 +99,6 @@ def _sort_descending_with_regions(scores: np.ndarray, regions: np.ndarray) -> tu
     return packed >> np.uint64(32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-def _area_up_to(fprs: np.ndarray, pros: np.ndarray, limit: float) -> float:
-    """Trapezoid area under (fprs, pros) from fpr=0 to ``limit``; fprs ascending, starting at 0."""
-    inside = fprs <= limit
-    x, y = fprs[inside], pros[inside]
-    if x[-1] < limit and inside.sum() < fprs.size:
-        # Interpolate the curve where it crosses the limit, as the official code does.
-        nxt = inside.sum()
-        x0, x1, y0, y1 = fprs[nxt - 1], fprs[nxt], pros[nxt - 1], pros[nxt]
-        y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
-        x, y = np.append(x, limit), np.append(y, y_limit)
-    return float(np.trapezoid(y, x))
-
-
 def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     """The exact PRO curve over every distinct score of ``maps``.
 
@@ -159,6 +146,7 @@ class _RankedPixels:
 
     Attributes:
         normal_count: n, the number of normal pixels.
+        score_dtype: the numpy dtype the scores are compared in (float32, or the maps' own).
         anomalous_scores: [A] scores of the anomalous pixels, ascending (the maps' device and dtype).
         anomalous_weights: [A] float64 numpy, 1 / (#regions * area of the pixel's region), same order.
     """
@@ -175,6 +163,7 @@ class _RankedPixels:
             self._torch = None
             masks, maps = _masks_and_maps(masks, maps)
             maps = np.asarray(maps, dtype=dtype if dtype is not None else (maps.dtype if maps.dtype.kind == "f" else np.float64))
+        self.score_dtype = np.dtype(str(maps.dtype).split(".")[-1])  # a torch dtype names its numpy twin
         anomalous_index, region_of_pixel, region_area = _anomalous_pixels(masks)
         self.anomalous_weights = 1.0 / (region_area.size * region_area[region_of_pixel])
         flat_maps = maps.reshape(-1)
@@ -202,17 +191,20 @@ class _RankedPixels:
         side = "right" if strictly else "left"
         if self._torch is not None:
             if not hasattr(values, "is_cuda"):
-                values = self._torch.as_tensor(_in_dtype(values, self._sorted_normals.dtype, strictly),
+                values = self._torch.as_tensor(_in_dtype(values, self.score_dtype, strictly),
                                                device=self._sorted_normals.device)
             below = self._torch.searchsorted(self._sorted_normals, values.contiguous(), side=side).cpu().numpy()
         else:
-            below = np.searchsorted(self._sorted_normals, _in_dtype(values, self._sorted_normals.dtype, strictly), side=side)
+            below = np.searchsorted(self._sorted_normals, _in_dtype(values, self.score_dtype, strictly), side=side)
         return self.normal_count - below.astype(np.int64)
 
     def normal_score_at_rank(self, rank: int):
         """The score of the normal pixel ``rank`` places below the highest (0 = the highest)."""
         value = self._sorted_normals[self.normal_count - 1 - rank]
         return value.item() if self._torch is not None else value
+
+    def host_anomalous_scores(self) -> np.ndarray:
+        return self.anomalous_scores if self._torch is None else self.anomalous_scores.cpu().numpy()
 
     def score_range(self) -> tuple[float, float]:
         low = min(self._sorted_normals[0].item(), self.anomalous_scores.min().item())
@@ -228,7 +220,6 @@ def _in_dtype(values, dtype, strictly: bool) -> np.ndarray:
     of every pixel (numpy would promote the sorted array to the values' dtype).
     """
     values = np.asarray(values)
-    dtype = np.dtype(str(dtype).split(".")[-1])  # a torch dtype names its numpy twin
     rounded = values.astype(dtype)
     if strictly:
         off = rounded > values
@@ -286,12 +277,11 @@ def _aupro_clip_ad(masks, maps, fpr_limit: float, max_step: int) -> float:
     low, high = pixels.score_range()
     if not high > low:
         raise MetricInputError("aupro: the anomaly maps are constant; no threshold separates anything")
-    dtype = pixels.anomalous_scores.dtype if pixels._torch is None else np.dtype(str(pixels.anomalous_scores.dtype).split(".")[-1])
-    low, high = np.asarray(low, dtype=dtype), np.asarray(high, dtype=dtype)
+    low, high = np.asarray(low, dtype=pixels.score_dtype), np.asarray(high, dtype=pixels.score_dtype)
     thresholds = np.arange(low, high, (high - low) / max_step)
     # A pixel is positive when its score > threshold.
     fprs = pixels.normals_at_or_above(thresholds, strictly=True) / pixels.normal_count
-    anomalous = pixels.anomalous_scores if pixels._torch is None else pixels.anomalous_scores.cpu().numpy()
+    anomalous = pixels.host_anomalous_scores()
     weight_from_top = np.concatenate((np.cumsum(pixels.anomalous_weights[::-1])[::-1], [0.0]))
     pros = weight_from_top[np.searchsorted(anomalous, thresholds, side="right")]
     keep = fprs < fpr_limit
