@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from ..data import AnomalyDataset, sample_k_shot, write_k_shot_list
 from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
-from ..results import RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded
+from ..results import (RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded,
+                       sample_columns)
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
 from .zeroshot import auxiliary_identity
 
@@ -91,7 +92,8 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
                                            aupro_variant=aupro_variant, desc=f"{category} seed {seed}")
             if keep_evaluations:
                 outcome.evaluations[(category, seed)] = evaluation
-            return RunOutcome(evaluation.metrics, {"fit_s": fit_seconds, **evaluation.timings})
+            return RunOutcome(evaluation.metrics, {"fit_s": fit_seconds, **evaluation.timings},
+                              sample_columns(test_category.records, evaluation.image_scores, root))
 
         spec = RunSpec(method=detector.name, setting=setting, variant=variant, dataset=test.name, category=category,
                        seed=seed, config=detector.config, protocol=protocol, identity=identity, train_data=train_data)

@@ -10,7 +10,7 @@ from typing import Sequence
 from ..data import AnomalyDataset
 from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
-from ..results import ZERO_SHOT, RunOutcome, RunRecord, RunSpec, dataset_fingerprint
+from ..results import ZERO_SHOT, RunOutcome, RunRecord, RunSpec, dataset_fingerprint, sample_columns
 from .evaluate import Evaluation, evaluate_detector, evaluation_protocol
 
 
@@ -61,16 +61,18 @@ def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, P
         start = time.perf_counter()
         detector.fit(FitData(auxiliary=auxiliary, seed=seed))
         outcome.trained, outcome.fit_seconds = True, time.perf_counter() - start
-    for test, _, category in jobs:
+    for test, root, category in jobs:
         key = (test.name, category)
         if reused.get(key) is not None:
             outcome.records.append(reused[key])
             outcome.reused += 1
             continue
-        evaluation = evaluate_detector(detector, test.subset(category=category), batch_size=batch_size,
+        test_category = test.subset(category=category)
+        evaluation = evaluate_detector(detector, test_category, batch_size=batch_size,
                                        aupro_variant=aupro_variant, desc=f"{detector.name} on {test.name}/{category}")
         if keep_evaluations:
             outcome.evaluations[key] = evaluation
-        result = RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings})
+        result = RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings},
+                            sample_columns(test_category.records, evaluation.image_scores, root))
         outcome.records.append(specs[key].write(results_dir, result, device))
     return outcome

@@ -50,6 +50,10 @@ class RunRecord:
     packages: dict = field(default_factory=dict)
     device: str = ""
     created: str = ""
+    # Per test image, as columns of equal length: "image"/"mask" (paths relative to the dataset
+    # root; mask None without one), "defect", "label", "score". The run browser ranks false
+    # positives and negatives from it; empty in records written before it existed.
+    samples: dict = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -186,6 +190,27 @@ def load_records(results_dir: Path, method: str | None = None, dataset: str | No
 class RunOutcome:
     metrics: dict[str, float | None]
     timings: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)  # see RunRecord.samples
+
+
+SAMPLE_COLUMNS = ("image", "mask", "defect", "label", "score")
+
+
+def sample_columns(records: Iterable, scores, root: Path | None = None) -> dict[str, list]:
+    """:attr:`RunRecord.samples` of one evaluation: its dataset records (``SampleRecord``) and
+    image scores [N] in the same order; paths are written relative to ``root`` when given."""
+    records = list(records)
+    scores = [float(s) for s in scores]
+    if len(scores) != len(records):
+        raise ValueError(f"got {len(scores)} scores for {len(records)} samples")
+
+    def shown(path):
+        if path is None:
+            return None
+        return str(Path(path).relative_to(root)) if root is not None else str(path)
+
+    return {"image": [shown(r.image_path) for r in records], "mask": [shown(r.mask_path) for r in records],
+            "defect": [r.defect for r in records], "label": [int(r.label) for r in records], "score": scores}
 
 
 @dataclass(frozen=True)
@@ -236,7 +261,7 @@ class RunSpec:
             input_hash=self.input_hash, setting=self.setting, variant=self.variant, train_data=self.train_data,
             timings=_jsonable(outcome.timings), identity=_jsonable(self.identity), code_fingerprint=code_fingerprint(),
             git_commit=git_commit(), packages=package_versions(), device=device_description(device),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), samples=_jsonable(outcome.samples),
         )
         write_record(record, results_dir)
         return record
