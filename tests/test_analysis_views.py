@@ -15,8 +15,7 @@ from clipad_lib.data import load_dataset
 from clipad_lib.methods import create_detector, method_entry
 from clipad_lib.methods.adaclip import HSFView, hybrid_semantic_fusion
 from clipad_lib.viz import embeddings as views
-from clipad_lib.viz.embeddings import (embedding_explorer, embedding_scatter, hsf_cluster_figure, patch_labels,
-                                       project_embeddings)
+from clipad_lib.viz.embeddings import embedding_scatter, hsf_cluster_figure, patch_labels, project_embeddings
 
 INDICES = (0, 1, 2, 4)  # three anomalous pills, one normal
 
@@ -208,61 +207,7 @@ def test_hsf_cluster_figure(setup):
         hsf_cluster_figure(setup["pictures"], setup["masks"][:, :8], maps, setup["view"])
 
 
-# -- the explorer -------------------------------------------------------------------------------
-
-def test_embedding_explorer_caches_projections(setup, monkeypatch):
-    calls = []
-    real = views.project_embeddings
-
-    def counted(features, method="pca", seed=0, perplexity=30):
-        calls.append(method)
-        return real(features, method, seed=seed, perplexity=perplexity)
-
-    monkeypatch.setattr(views, "project_embeddings", counted)
-    two = {layer: tokens[:2] for layer, tokens in setup["embeddings"].items()}  # two images: a quick t-SNE
-    embeddings = {"V4": two, "V1": {layer: tokens.flip(-1) for layer, tokens in two.items()}}
-    maps = setup["before"].anomaly_maps[:2].numpy()
-    explorer = embedding_explorer(embeddings, setup["pictures"][:2], setup["masks"][:2].numpy(),
-                                  {"V4": maps, "V1": maps})
-    controls, picture = explorer.controls, explorer.controls["picture"]
-    assert len(calls) == 1 and picture.value  # first state: PCA of V4, layer 2
-    first = picture.value
-
-    controls["layer"].value = 4
-    assert len(calls) == 2 and picture.value != first
-    controls["layer"].value = 2  # cached: re-rendered, not recomputed
-    assert len(calls) == 2 and set(explorer.projections) == {("V4", 2, "pca", None), ("V4", 4, "pca", None)}
-
-    shown = picture.value
-    controls["patch"].value = 100  # another patch: no projection
-    assert len(calls) == 2 and picture.value != shown
-    controls["perplexity"].value = 10  # unused by PCA
-    assert len(calls) == 2
-
-    controls["projection"].value = "tsne"
-    assert calls[-1] == "tsne" and len(calls) == 3 and not controls["perplexity"].disabled
-    controls["perplexity"].value = 12
-    assert len(calls) == 4 and ("V4", 2, "tsne", 12) in explorer.projections
-    controls["perplexity"].value = 10
-    assert len(calls) == 4
-
-    controls["set"].value = "V1"  # a new set: one projection, the layer kept
-    assert len(calls) == 5 and controls["layer"].value == 2 and ("V1", 2, "tsne", 10) in explorer.projections
-    controls["patch"].value = controls["patch"].max
-    assert len(calls) == 5
-
-
-def test_embedding_explorer_bad_inputs(setup):
-    pictures, masks, maps = setup["pictures"], setup["masks"], setup["before"].anomaly_maps
-    with pytest.raises(ValueError, match="non-empty mapping"):
-        embedding_explorer({}, pictures, masks, maps)
-    with pytest.raises(ValueError, match="same keys as embeddings"):
-        embedding_explorer({"a": setup["embeddings"]}, {"b": pictures}, masks, maps)
-    with pytest.raises(ValueError, match=r"must be \[B, N, D\] with B = 3"):
-        embedding_explorer({"a": setup["embeddings"]}, pictures[:3], masks[:3], maps[:3])
-    with pytest.raises(ValueError, match="not a square grid"):
-        embedding_explorer({"a": {2: setup["embeddings"][2][:, :60]}}, pictures, masks, maps)
-
+# -- the HSF explorer ---------------------------------------------------------------------------
 
 def test_hsf_explorer_draws_one_image_at_a_time_and_caches_its_view(setup):
     detector, images, names = setup["detector"], setup["images"], setup["names"]

@@ -97,6 +97,14 @@ class NotebookContext:
             self._datasets[key] = (dataset, root)
         return self._datasets[key]
 
+    def root_of(self, dataset: str) -> Path:
+        """The folder a run record's dataset name was read from: the synthetic set for a smoke
+        stand-in (``synthetic-as-visa``), else the dataset's copy (``data_root`` for a single-dataset
+        notebook's own dataset, ``$CLIPAD_DATA/<dirname>`` otherwise). The run browser takes it."""
+        if dataset.startswith(STANDIN_PREFIX) or dataset == SYNTHETIC:
+            return dataset_root(SYNTHETIC)
+        return dataset_root(dataset, self.data_root)
+
     @staticmethod
     def paper_name(dataset: str) -> str:
         """``synthetic-as-visa`` -> ``visa``; other names unchanged."""

@@ -6,7 +6,9 @@
 * :func:`embedding_scatter` draws the projections, normal and abnormal patches coloured;
 * :func:`hsf_cluster_figure` draws what Hybrid Semantic Fusion clustered
   (:meth:`AdaCLIPDetector.hsf_clusters`);
-* :func:`embedding_explorer` is an ipywidgets explorer linking one patch's point to its image.
+* :func:`hsf_explorer` steps through the HSF figure image by image.
+
+The interactive embedding explorer is :func:`clipad_lib.viz.explorers.embedding_explorer`.
 
 The embeddings come from :meth:`AdaCLIPDetector.patch_embeddings` ({layer: [B, N, D]}); patch
 ``p`` of an image sits at row ``p // grid``, column ``p % grid`` of its patch grid.
@@ -18,7 +20,6 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
-from matplotlib.patches import Rectangle
 
 from .figures import _png_bytes
 
@@ -238,152 +239,7 @@ def hsf_cluster_figure(images, masks, maps, view, titles=None):
     return figure
 
 
-# -- the explorer -----------------------------------------------------------------------------
-
-def _per_set(values, sets: list[str], name: str) -> dict[str, object]:
-    """``values`` as {set: array}: a mapping over the same sets, or one array shared by all."""
-    if isinstance(values, Mapping):
-        if set(values) != set(sets):
-            raise ValueError(f"{name} must have the same keys as embeddings {sorted(sets)}, got {sorted(values)}")
-        return {s: values[s] for s in sets}
-    return {s: values for s in sets}
-
-
-def embedding_explorer(embeddings: Mapping[str, Mapping[int, object]], images, masks, maps, seed: int = 0,
-                       fraction: float = 0.5):
-    """An ipywidgets explorer of patch embeddings (AdaCLIP Fig. 4 / Fig. 7) linked to the images.
-
-    Controls: a Dropdown for the set (e.g. "mvtec/bottle", or a prompt variant "V1".."V4"), one for
-    the layer, one for the projection (PCA / t-SNE), an IntSlider for t-SNE's perplexity, and an
-    IntSlider picking one patch (its number can be typed into the slider's readout). The picture
-    shows the scatter of every patch of the set's images (normal blue, abnormal red by
-    :func:`patch_labels`) with the picked patch starred and, beside it, that patch's image with the
-    patch outlined, its mask and its anomaly map.
-
-    Clicking a point would need an interactive matplotlib backend (ipympl), which is not a
-    dependency; so the patch is picked with a slider. Like :func:`heatmap_explorer`, every change
-    re-renders a PNG into an ``ipywidgets.Image`` (no output capture, so it also runs headless
-    under papermill, which records its first state).
-
-    Each projection is computed once and cached by (set, layer, projection, perplexity), with
-    perplexity None for PCA (it does not use it): a control change computes only a projection not
-    seen before; picking another patch computes none. t-SNE of many patches takes a while (scikit-
-    learn, CPU): keep a set to a few images.
-
-    Args:
-        embeddings: set name -> {layer: [B, N, D]} (``detector.patch_embeddings(images)``).
-        images: [B, S, S, 3] in [0, 1]; masks: [B, S, S]; maps: [B, S, S] — each either one array
-            shared by every set (prompt variants over the same images) or a mapping over the sets.
-        seed: random state of the projections; fraction: :func:`patch_labels`'s threshold.
-    Returns:
-        An ``ipywidgets.VBox``; its ``controls`` attribute holds the widgets by name ("set",
-        "layer", "projection", "perplexity", "patch", "picture"), ``projections`` the cache.
-    """
-    import ipywidgets as widgets
-
-    if not isinstance(embeddings, Mapping) or not embeddings:
-        raise ValueError("embeddings must be a non-empty mapping of set name -> {layer: [B, N, D]}")
-    sets = list(embeddings)
-    pictures = {s: _check_pictures(i, m, a) for s, i, m, a in zip(
-        sets, _per_set(images, sets, "images").values(), _per_set(masks, sets, "masks").values(),
-        _per_set(maps, sets, "maps").values())}
-    features: dict[str, dict[int, np.ndarray]] = {}
-    grids, labels = {}, {}
-    for name in sets:
-        layers = embeddings[name]
-        if not isinstance(layers, Mapping) or not layers:
-            raise ValueError(f"embeddings[{name!r}] must be a non-empty mapping of layer -> [B, N, D]")
-        features[name] = {}
-        batch = len(pictures[name][0])
-        for layer, values in layers.items():
-            values = _array(values, f"embeddings[{name!r}][{layer!r}]")
-            if values.ndim != 3 or values.shape[0] != batch:
-                raise ValueError(f"embeddings[{name!r}][{layer!r}] must be [B, N, D] with B = {batch} images, "
-                                 f"got {list(values.shape)}")
-            grid = int(round(values.shape[1] ** 0.5))
-            if grid * grid != values.shape[1] or grids.setdefault(name, grid) != grid:
-                raise ValueError(f"embeddings[{name!r}][{layer!r}] has {values.shape[1]} patches: not a square grid "
-                                 f"of the set's other layers")
-            features[name][layer] = values.reshape(-1, values.shape[-1])
-        labels[name] = patch_labels(pictures[name][1], grids[name], fraction).reshape(-1)
-
-    cache: dict[tuple, np.ndarray] = {}
-    set_choice = widgets.Dropdown(options=sets, value=sets[0], description="set")
-    layer_choice = widgets.Dropdown(options=list(features[sets[0]]), description="layer")
-    projection_choice = widgets.Dropdown(options=[(PROJECTION_TITLES[p], p) for p in PROJECTIONS], value="pca",
-                                         description="projection")
-    perplexity = widgets.IntSlider(30, min=2, max=100, description="perplexity", continuous_update=False,
-                                   disabled=True)
-    patch = widgets.IntSlider(0, min=0, max=len(labels[sets[0]]) - 1, description="patch", continuous_update=False)
-    picture = widgets.Image(format="png")
-    holding = [False]  # set while one change updates other controls, so the picture is drawn once
-
-    def points() -> np.ndarray:
-        method = projection_choice.value
-        key = (set_choice.value, layer_choice.value, method, perplexity.value if method == "tsne" else None)
-        if key not in cache:
-            cache[key] = project_embeddings(features[key[0]][key[1]], method, seed=seed, perplexity=perplexity.value)
-        return cache[key]
-
-    def render(*_):
-        if holding[0]:
-            return
-        name, index = set_choice.value, patch.value
-        image_array, mask_array, map_array = pictures[name]
-        grid = grids[name]
-        per_image = grid * grid
-        image, cell = divmod(index, per_image)
-        row, column = divmod(cell, grid)
-        size = image_array.shape[1:3]
-        step = (size[0] / grid, size[1] / grid)
-        figure, axes = plt.subplots(1, 4, figsize=(12.4, 3.2), gridspec_kw={"width_ratios": [1.25, 1, 1, 1]})
-        method = projection_choice.value
-        detail = f", perplexity {perplexity.value}" if method == "tsne" else ""
-        _scatter(axes[0], points(), labels[name], f"{name} · layer {layer_choice.value} · "
-                 f"{PROJECTION_TITLES[method]}{detail}", highlight=index)
-        axes[0].legend(fontsize=6, markerscale=1.5, loc="best")
-        axes[1].imshow(image_array[image])
-        axes[2].imshow(mask_array[image] != 0, cmap="gray", vmin=0, vmax=1)
-        axes[3].imshow(map_array[image], cmap="jet", vmin=float(map_array.min()), vmax=float(map_array.max()))
-        state = "abnormal" if labels[name][index] else "normal"
-        for axis, title in zip(axes[1:], (f"image {image}, patch ({row}, {column})", f"mask · {state}",
-                                          "anomaly map")):
-            axis.add_patch(Rectangle((column * step[1] - 0.5, row * step[0] - 0.5), step[1], step[0], fill=False,
-                                     edgecolor="lime", linewidth=1.5))
-            axis.set_title(title, fontsize=8)
-            axis.axis("off")
-        figure.tight_layout()
-        picture.value = _png_bytes(figure)
-        plt.close(figure)
-
-    def set_changed(change):
-        holding[0] = True
-        try:
-            layer = layer_choice.value
-            layer_choice.options = list(features[change["new"]])
-            if layer in features[change["new"]]:
-                layer_choice.value = layer
-            patch.max = len(labels[change["new"]]) - 1  # clamps the value
-        finally:
-            holding[0] = False
-        render()
-
-    def projection_changed(change):
-        perplexity.disabled = change["new"] != "tsne"
-        render()
-
-    set_choice.observe(set_changed, names="value")
-    projection_choice.observe(projection_changed, names="value")
-    for control in (layer_choice, perplexity, patch):
-        control.observe(render, names="value")
-    render()
-    box = widgets.VBox([widgets.HBox([set_choice, layer_choice, projection_choice]), widgets.HBox([perplexity, patch]),
-                        picture])
-    box.controls = {"set": set_choice, "layer": layer_choice, "projection": projection_choice,
-                    "perplexity": perplexity, "patch": patch, "picture": picture}
-    box.projections = cache
-    return box
-
+# -- the HSF explorer -------------------------------------------------------------------------
 
 def hsf_explorer(images, masks, maps, view_of, titles=None):
     """The interactive supp. Fig. 2: an IntSlider picks one image, and its HSF figure

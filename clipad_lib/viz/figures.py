@@ -75,34 +75,8 @@ def anomaly_overlays(images: np.ndarray, anomaly_maps: np.ndarray, masks: np.nda
 
 
 def heatmap_explorer(images: np.ndarray, anomaly_maps: np.ndarray, masks: np.ndarray, titles: Sequence[str]):
-    """An ipywidgets explorer: pick a sample and an overlay opacity, see image, mask and map.
+    """One method's maps in :func:`~clipad_lib.viz.explorers.method_explorer`: sample slider
+    (← / → when focused), ◀ ▶ buttons, threshold outline and overlay opacity. Returns the widget."""
+    from .explorers import method_explorer
 
-    The picture is an ``ipywidgets.Image`` re-rendered on every slider change: no output
-    capture, so it also runs headless under papermill (which records its first state).
-    """
-    import ipywidgets as widgets
-
-    picture = widgets.Image(format="png")
-    index = widgets.IntSlider(0, 0, len(images) - 1, description="sample")
-    opacity = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity")
-    low, high = float(anomaly_maps.min()), float(anomaly_maps.max())
-
-    def render(*_):
-        i = index.value
-        figure, axes = plt.subplots(1, 2, figsize=(6, 3))
-        axes[0].imshow(images[i])
-        if masks[i].any():
-            axes[0].contour(masks[i], levels=[0.5], colors="lime", linewidths=0.8)
-        axes[0].set_title(titles[i], fontsize=8)
-        axes[1].imshow(images[i])
-        axes[1].imshow(anomaly_maps[i], cmap="jet", alpha=opacity.value, vmin=low, vmax=high)
-        axes[1].set_title("anomaly map", fontsize=8)
-        for axis in axes:
-            axis.axis("off")
-        picture.value = _png_bytes(figure)
-        plt.close(figure)
-
-    index.observe(render, names="value")
-    opacity.observe(render, names="value")
-    render()
-    return widgets.VBox([widgets.HBox([index, opacity]), picture])
+    return method_explorer(images, masks, {"anomaly map": anomaly_maps}, titles=titles).widget
