@@ -234,6 +234,28 @@ def _sign(path: Path) -> None:
               flush=True)
 
 
+def export_html(executed: Path, output: Path | None = None) -> Path | None:
+    """Write an executed notebook as HTML (nbconvert's ``lab`` template) beside it, atomically.
+
+    nbclient saves the widgets' state in the notebook's metadata, and the template embeds it, so a
+    reader without a kernel sees every widget's last picture and can move its controls (which
+    change nothing without a kernel); the page loads the widget renderer from a CDN, like
+    nbconvert's own exports. A failed export is reported and returns None: it never fails a good run.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .io import atomic_write
+
+    output = Path(output) if output is not None else executed.with_suffix(".html")
+    try:
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+        return atomic_write(output, body)
+    except Exception as exc:
+        print(f"[clipad] could not export {executed.name} to HTML ({type(exc).__name__}: {exc})", flush=True)
+        return None
+
+
 def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key: str | None = None,
                      output_dir: Path | None = None, progress: bool = True,
                      cell_timeout: int | None = DEFAULT_CELL_TIMEOUT_S, executor: str = "local",
@@ -241,7 +263,8 @@ def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key
     """Execute one notebook (or shard) into ``output_dir/<key>.ipynb``, recording the job's state.
 
     The execution writes ``<key>.running.ipynb``; only a run that ends well replaces
-    ``<key>.ipynb`` (so the last good executed copy survives a failed run). A failed run is kept as
+    ``<key>.ipynb`` (so the last good executed copy survives a failed run) and its HTML export
+    ``<key>.html`` (:func:`export_html`). A failed run is kept as
     ``<key>.failed.ipynb``, an interrupted one as ``<key>.interrupted.ipynb``; a run killed hard
     leaves ``<key>.running.ipynb`` and a ``running`` state that :mod:`clipad_lib.jobs` reports as
     killed. The state file (``results_dir/jobs/<key>.json``) says which.
@@ -276,6 +299,7 @@ def execute_notebook(notebook: Path, parameters: dict, results_dir: Path, *, key
         return NotebookResult(notebook, kept, False, message)
     _sign(running)
     os.replace(running, final)
+    export_html(final)  # <key>.html, with the widget state
     state.state, state.ended, state.output = "done", now(), str(final)
     state.write(results_dir)
     return NotebookResult(notebook, final, True)

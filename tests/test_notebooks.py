@@ -30,6 +30,11 @@ def test_notebook_00_runs_in_the_smoke_profile(tmp_path, synthetic_root):
     assert list(table["category"]) == ["pill", "weave", "mean"]
     assert table.set_index("category").loc["mean", "pixel_auroc"] > 70
     assert len(list((tmp_path / "records").rglob("seed0.json"))) == 2
+    record = json.loads(next((tmp_path / "records").rglob("pill/seed0.json")).read_text())
+    samples = record["samples"]  # per-image scores, for the run browser's worst samples
+    assert len(samples["score"]) == len(samples["image"]) == 26 and sum(samples["label"]) == 16
+    assert all(image.startswith("pill/test/") for image in samples["image"])
+    assert (tmp_path / "00_data_and_metrics.html").is_file()
     assert (tmp_path / "figures" / "00_samples_synthetic.png").stat().st_size > 0
     assert (tmp_path / "kshot" / "synthetic" / "pill" / "k4-seed0.json").is_file()
     # Resume: the records are read back, not recomputed.
@@ -288,3 +293,20 @@ def test_an_executed_notebook_is_signed_and_opens_trusted_with_its_widget_state(
     (tmp_path / "out" / "copy.ipynb").write_text((tmp_path / "out" / "copy.ipynb").read_text().replace('"value": 5', '"value": 6'))
     copied = FileContentsManager(root_dir=str(tmp_path / "out")).get("copy.ipynb")["content"]
     assert not all(cell["metadata"].get("trusted") for cell in copied["cells"] if cell["cell_type"] == "code")
+
+
+def test_a_good_run_is_exported_to_html_with_its_widget_state(tmp_path):
+    notebook = new_notebook(cells=[new_code_cell("x = 3", metadata={"tags": ["parameters"]}),
+                                   new_code_cell("import ipywidgets\nipywidgets.IntSlider(x, description='chosen')")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "widget.ipynb")
+    [result] = run_notebooks([str(tmp_path / "widget.ipynb")], "smoke", {"x": 7}, results_root=tmp_path / "out",
+                             progress=False)
+    assert result.ok, result.error
+    executed = nbformat.read(tmp_path / "out" / "widget.ipynb", as_version=4)
+    state = executed.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    [slider] = [model for model in state.values() if model["model_name"] == "IntSliderModel"]
+    assert slider["state"]["value"] == 7 and slider["state"]["description"] == "chosen"
+    page = (tmp_path / "out" / "widget.html").read_text()
+    assert 'type="application/vnd.jupyter.widget-state+json"' in page and "IntSliderModel" in page
+    assert 'type="application/vnd.jupyter.widget-view+json"' in page

@@ -116,6 +116,8 @@ class EmbeddingPoints:
         defect, image (row of ``images``; -1 for a text point), patch (patch number in the image's
         ``grid`` × ``grid`` patch grid; -1 for a whole image), grid, text (a prompt's words).
     images: [B, S, S, 3] in [0, 1]; masks, maps: [B, S, S]; each may be None.
+    map_title: what the maps are, as a pinned sample's panel names them ("anomaly map",
+        "gradient map |∂AS/∂x|", ...).
 
     Build them with :func:`patch_points`, :func:`image_points` or :func:`text_points`, and join
     several of one feature space with :meth:`combine`.
@@ -126,6 +128,7 @@ class EmbeddingPoints:
     images: np.ndarray | None = None
     masks: np.ndarray | None = None
     maps: np.ndarray | None = None
+    map_title: str = "anomaly map"
 
     def __post_init__(self):
         if not isinstance(self.features, Mapping) or not self.features:
@@ -177,7 +180,8 @@ class EmbeddingPoints:
             offset += 0 if part.images is None else len(part.images)
         joined = {n: (np.concatenate(v) if v else None) for n, v in pictures.items()}
         return cls({n: np.concatenate([p.features[n] for p in parts]) for n in names},
-                   pd.concat(tables, ignore_index=True), joined["images"], joined["masks"], joined["maps"])
+                   pd.concat(tables, ignore_index=True), joined["images"], joined["masks"], joined["maps"],
+                   parts[0].map_title)
 
     def describe(self, row: int) -> str:
         """One line naming point ``row``: dataset / category · defect · image and patch, or the prompt."""
@@ -229,9 +233,10 @@ def patch_points(embeddings: Mapping[object, object], images, masks, maps=None, 
 
 
 def image_points(features: Mapping[str, object], labels, images=None, masks=None, maps=None, *, dataset: str = "",
-                 categories=None, defects=None) -> EmbeddingPoints:
+                 categories=None, defects=None, map_title: str = "anomaly map") -> EmbeddingPoints:
     """One point per image: ``features`` {name: [B, D]} (e.g. CLIP's [CLS] and an adapted feature,
-    CLIP-FSAC++ Fig. 9); labels [B] in {0, 1}; pictures optional ([B, S, S, 3], [B, S, S])."""
+    CLIP-FSAC++ Fig. 9); labels [B] in {0, 1}; pictures optional ([B, S, S, 3], [B, S, S]);
+    ``map_title`` names the maps."""
     labels = np.asarray(_array(labels, "labels")).astype(int).reshape(-1)
     batch = len(labels)
     images, masks, maps = _pictures(images, masks, maps, batch)
@@ -239,7 +244,7 @@ def image_points(features: Mapping[str, object], labels, images=None, masks=None
                           "label": labels, "defect": _per_item(defects, batch, "defects", ""),
                           "image": np.arange(batch) if images is not None else -1, "patch": -1, "grid": 0,
                           "text": ""})
-    return EmbeddingPoints({str(k): v for k, v in features.items()}, table, images, masks, maps)
+    return EmbeddingPoints({str(k): v for k, v in features.items()}, table, images, masks, maps, map_title)
 
 
 def text_points(features: Mapping[str, object], texts: Sequence[str], labels, *, dataset: str = "",
@@ -479,7 +484,7 @@ class EmbeddingExplorer:
         if points.masks is not None:
             panels.append(("mask", points.masks[image] != 0, "gray"))
         if points.maps is not None:
-            panels.append(("anomaly map", points.maps[image], "jet"))
+            panels.append((points.map_title, points.maps[image], "jet"))
         figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.7), squeeze=False)
         for axis, (title, picture, cmap) in zip(axes[0], panels):
             if cmap == "jet":
