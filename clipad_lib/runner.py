@@ -248,6 +248,7 @@ def export_html(executed: Path, output: Path | None = None) -> Path | None:
     from .io import atomic_write
 
     output = Path(output) if output is not None else executed.with_suffix(".html")
+    output.unlink(missing_ok=True)  # an earlier run's page must not stand beside this run's notebook
     try:
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
         return atomic_write(output, body)

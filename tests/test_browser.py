@@ -200,4 +200,7 @@ def test_the_explorers_render_and_respond_in_jupyterlab(tmp_path, synthetic_root
                 server.kill()
     widget_errors = [e for e in errors if not any(noise in e for noise in OFFLINE_NOISE)]
     assert not widget_errors, widget_errors
-    assert time.monotonic() - started < 120, f"the browser test took {time.monotonic() - started:.0f} s"
+    elapsed = time.monotonic() - started
+    print(f"browser test: {elapsed:.0f} s (headless execution, JupyterLab, a run in the browser, the checks)")
+    # About 75 s alone on 2 cores; the bound catches a wait that hangs, with room for a loaded CI machine.
+    assert elapsed < 180, f"the browser test took {elapsed:.0f} s"

@@ -141,6 +141,8 @@ def test_same_seed_same_scores_and_snapshots_restore(tiny_backbone, synthetic_tr
             pass
     gradient = detector.gradient_maps(images[:2], ["washer"] * 2)
     assert gradient.shape == (2, 64, 64) and (gradient >= 0).all() and gradient.sum() > 0
+    chunked = detector.gradient_maps(images[:5], ["washer"] * 5, batch_size=2)  # chunks of 2, 2, 1
+    torch.testing.assert_close(chunked, detector.gradient_maps(images[:5], ["washer"] * 5), rtol=1e-4, atol=1e-7)
     embeddings = detector.embeddings(images, ["washer"] * 6)
     assert embeddings["clip"].shape == embeddings["adapted"].shape == (6, tiny_backbone.embed_dim)
 

@@ -67,6 +67,10 @@ def test_combine_offsets_images_and_keeps_text_points_pictureless(pictures):
     no_maps = image_points({"clip": RNG.normal(size=(2, D))}, [0, 1], images[:2], masks[:2])
     with pytest.raises(ValueError, match="maps for all of them"):
         EmbeddingPoints.combine(first, no_maps)
+    with pytest.raises(ValueError, match=r"masks must have one entry per image \(0 images\), got 2"):
+        image_points({"clip": RNG.normal(size=(2, D))}, [0, 1], masks=masks[:2])
+    numbered = image_points({"clip": RNG.normal(size=(2, D))}, [0, 1], categories=[7, 8])
+    assert numbered.table["category"].tolist() == ["7", "8"]  # as the category control offers them
 
 
 def test_bad_points_are_refused_with_the_expected_shape(pictures):
@@ -129,11 +133,34 @@ def test_a_click_pins_the_clicked_sample_and_a_hover_names_it(patches):
     assert "image 1, patch (0, 0)" in explorer.controls["pinned"].value
     first = explorer.controls["picture"].value
     assert first[:4] == b"\x89PNG"
-    explorer.controls["category"].value = "b"  # drawn point i is now table row shown[i]
+    explorer.controls["category"].value = "a"  # the pinned point is still drawn: it stays pinned and selected
+    assert explorer.pinned == N and scatter.selected == [N] and explorer.controls["picture"].value == first
+    explorer.controls["category"].value = "b"  # not drawn any more: unpinned
+    assert explorer.pinned is None and scatter.selected is None and explorer.controls["picture"].value == b""
+    _send(scatter, "hover", 5)  # drawn point i is now table row shown[i]
+    assert explorer.controls["hovered"].value == f"hover: {patches.describe(2 * N + 5)}"
     _send(scatter, "element_click", 5)
     assert explorer.pinned == explorer.shown[5] == 2 * N + 5 and explorer.controls["picture"].value != first
+    assert "image 2, patch (1, 1)" in explorer.controls["pinned"].value
+    explorer.controls["projection"].value = "tsne"  # a new projection of the same points keeps the pin
+    assert explorer.pinned == 2 * N + 5 and scatter.selected == [5]
     with pytest.raises(IndexError, match="32 points are"):
         explorer.pin(40)
+
+
+def test_a_large_view_draws_a_seeded_sample(patches):
+    explorer = embedding_explorer(patches, max_points=20)
+    assert len(explorer.shown) == 20 and len(set(explorer.shown)) == 20 and len(explorer.scatter.x) == 20
+    assert "20 of 64 points (a seeded sample" in explorer.status.value
+    again = embedding_explorer(patches, max_points=20)
+    assert np.array_equal(again.shown, explorer.shown)  # the same seed draws the same sample
+    assert np.array_equal(explorer.scatter.names, [patches.describe(r) for r in explorer.shown])
+    explorer.controls["category"].value = "a"  # 32 chosen, 20 drawn, all of category a
+    assert len(explorer.shown) == 20 and set(patches.table["category"][explorer.shown]) == {"a"}
+    assert len(embedding_explorer(patches, max_points=None).shown) == B * N
+    with pytest.raises(ValueError, match="max_points must be an int >= 2 or None"):
+        embedding_explorer(patches, max_points=1)
+    assert patches.names() == [patches.describe(r) for r in range(len(patches))]
 
 
 def test_text_points_pin_their_prompt_and_sets_switch_spaces(pictures):
@@ -248,6 +275,20 @@ def test_run_browser_shows_a_cell_its_record_and_its_worst_samples(tmp_path):
         run_browser([], {"syn": root})
     with pytest.raises(KeyError, match="no record of winclip-zero-shot on syn/weave"):
         browser.select("winclip-zero-shot", "syn", "weave")
+
+
+def test_run_browser_shows_one_dataset_at_a_time(tmp_path):
+    root = _record(tmp_path, "winclip", "pill", 0, 0.5)
+    spec = RunSpec(method="winclip", setting="zero-shot", dataset="other", category="cable", seed=0, config={},
+                   protocol={})
+    spec.write(tmp_path / "results", RunOutcome({"image_auroc": 0.9}, {}))
+    browser = run_browser(load_records(tmp_path / "results"), {"syn": root, "other": root})
+    assert browser.dataset.options == ("other", "syn") and list(browser.cells) == [("winclip-zero-shot", "other", "cable")]
+    browser.dataset.value = "syn"  # that dataset's table, its first cell shown
+    assert list(browser.cells) == [("winclip-zero-shot", "syn", "pill")] and browser.record.dataset == "syn"
+    browser.select("winclip-zero-shot", "other", "cable")  # a cell of another dataset switches the table
+    assert browser.dataset.value == "other" and browser.record.category == "cable"
+    assert browser.cells[("winclip-zero-shot", "other", "cable")].button_style == "info"
 
 
 def test_sample_columns_refuse_a_length_mismatch(tmp_path):

@@ -98,12 +98,17 @@ class NotebookContext:
         return self._datasets[key]
 
     def root_of(self, dataset: str) -> Path:
-        """The folder a run record's dataset name was read from: the synthetic set for a smoke
-        stand-in (``synthetic-as-visa``), else the dataset's copy (``data_root`` for a single-dataset
-        notebook's own dataset, ``$CLIPAD_DATA/<dirname>`` otherwise). The run browser takes it."""
+        """The folder a run record's dataset name (``record.dataset``) reads from, for the run
+        browser: the root this context loaded that dataset from, if it did; else the synthetic set
+        for a smoke stand-in (``synthetic-as-visa``) or ``synthetic``, and the copy under
+        ``$CLIPAD_DATA`` for a real dataset (``data_root`` names one notebook's own dataset, so it
+        is not used for the records of others)."""
+        for loaded, root in self._datasets.values():
+            if loaded.name == dataset:
+                return root
         if dataset.startswith(STANDIN_PREFIX) or dataset == SYNTHETIC:
             return dataset_root(SYNTHETIC)
-        return dataset_root(dataset, self.data_root)
+        return dataset_root(dataset)
 
     @staticmethod
     def paper_name(dataset: str) -> str:

@@ -42,6 +42,12 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 COLOUR_BY = ("label", "category", "defect", "dataset")
 ALL = "all"
+DEFAULT_MAX_POINTS = 5000  # an SVG scatter stays responsive, and the saved widget state small, below this
+
+
+def projection_title(method: str) -> str:
+    """"pca" -> "PCA", "tsne" -> "t-SNE", "umap" -> "UMAP"."""
+    return PROJECTION_TITLES.get(method, method.upper())
 
 
 def available_projections() -> tuple[str, ...]:
@@ -145,7 +151,13 @@ class EmbeddingPoints:
             checked[str(name)] = values
         self.features = checked
         self.table = self.table.reset_index(drop=True)
+        for column in ("dataset", "category", "defect", "text"):  # the controls offer them as strings
+            self.table[column] = self.table[column].astype(str)
         pictures = None if self.images is None else len(self.images)
+        for name in ("masks", "maps"):
+            value = getattr(self, name)
+            if value is not None and (pictures is None or len(value) != pictures):
+                raise ValueError(f"{name} must have one entry per image ({pictures or 0} images), got {len(value)}")
         used = self.table["image"].to_numpy()
         if (used >= 0).any() and (pictures is None or used.max() >= pictures):
             raise ValueError(f"points refer to image {int(used.max())} but {pictures or 0} images are given")
@@ -174,14 +186,34 @@ class EmbeddingPoints:
             table = part.table.copy()
             table.loc[table["image"] >= 0, "image"] += offset
             tables.append(table)
-            for name in pictures:
-                if getattr(part, name) is not None:
-                    pictures[name].append(getattr(part, name))
-            offset += 0 if part.images is None else len(part.images)
+            if part.images is not None:  # (a part without images has no masks or maps either)
+                for name in pictures:
+                    if getattr(part, name) is not None:
+                        pictures[name].append(getattr(part, name))
+                offset += len(part.images)
         joined = {n: (np.concatenate(v) if v else None) for n, v in pictures.items()}
         return cls({n: np.concatenate([p.features[n] for p in parts]) for n in names},
                    pd.concat(tables, ignore_index=True), joined["images"], joined["masks"], joined["maps"],
                    parts[0].map_title)
+
+    def names(self) -> list[str]:
+        """:meth:`describe` of every row, built column-wise (fast for tens of thousands of patches)."""
+        table = self.table
+        where = [("/".join(p for p in pair if p)) for pair in zip(table["dataset"], table["category"])]
+        labels = table["label"].to_numpy().astype(bool)
+        state = np.where(labels, "anomalous", "normal")
+        images, patches, grids = (table[c].to_numpy().astype(int) for c in ("image", "patch", "grid"))
+        names = []
+        for i in range(len(table)):
+            if images[i] < 0:
+                names.append(f"{where[i]} · {state[i]} prompt: “{table['text'].iat[i]}”")
+                continue
+            text = f"{where[i]} · {table['defect'].iat[i] or state[i]} · image {images[i]}"
+            if patches[i] >= 0:
+                r, c = divmod(int(patches[i]), int(grids[i]))
+                text += f", patch ({r}, {c}) · {state[i]} patch"
+            names.append(text)
+        return names
 
     def describe(self, row: int) -> str:
         """One line naming point ``row``: dataset / category · defect · image and patch, or the prompt."""
@@ -200,9 +232,9 @@ class EmbeddingPoints:
 def patch_points(embeddings: Mapping[object, object], images, masks, maps=None, *, dataset: str = "",
                  categories=None, defects=None, fraction: float = 0.5) -> EmbeddingPoints:
     """One point per patch: ``embeddings`` {layer: [B, N, D]} (e.g.
-    :meth:`AdaCLIPDetector.patch_embeddings`), N a square grid; a patch is anomalous when more than
-    ``fraction`` of its pixels are (:func:`patch_labels`). images [B, S, S, 3] in [0, 1]; masks,
-    maps [B, S, S]; categories, defects: one per image (or one str for all)."""
+    :meth:`AdaCLIPDetector.patch_embeddings`), N a square grid. images [B, S, S, 3] in [0, 1]; masks,
+    maps [B, S, S]; categories, defects: one per image (or one str for all). A patch is anomalous
+    when at least ``fraction`` of its pixels are (:func:`patch_labels`)."""
     if not isinstance(embeddings, Mapping) or not embeddings:
         raise ValueError("embeddings must be a non-empty mapping of layer -> [B, N, D]")
     images, masks, maps = _pictures(images, masks, maps, len(_array(images, "images")))
@@ -292,7 +324,7 @@ class EmbeddingExplorer:
     row last pinned (None before a click)."""
 
     def __init__(self, points, seed: int = 0, colour_by: str = "label", perplexity: int = 30,
-                 projection: str = "pca"):
+                 projection: str = "pca", max_points: int | None = DEFAULT_MAX_POINTS):
         import bqplot
         import ipywidgets as widgets
 
@@ -304,10 +336,15 @@ class EmbeddingExplorer:
         projections = available_projections()
         if projection not in projections:
             raise ValueError(f"projection must be one of {projections}, got {projection!r}")
-        self.sets, self.seed = sets, seed
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int)
+                                       or max_points < 2):
+            raise ValueError(f"max_points must be an int >= 2 or None, got {max_points!r}")
+        self.sets, self.seed, self.max_points = sets, seed, max_points
         self.projections: dict[tuple, np.ndarray] = {}
         self.shown = np.zeros(0, dtype=int)
         self.pinned: int | None = None
+        self._pinned_set: str | None = None
+        self._names: dict[str, list[str]] = {}
         self._holding = False
 
         names = list(sets)
@@ -316,10 +353,10 @@ class EmbeddingExplorer:
         self.dataset_choice = widgets.Dropdown(description="dataset")
         self.category_choice = widgets.Dropdown(description="category")
         self.layer_choice = widgets.Dropdown(description="features")
-        self.projection_choice = widgets.Dropdown(options=[(PROJECTION_TITLES.get(p, p.upper()), p) for p in projections],
+        self.projection_choice = widgets.Dropdown(options=[(projection_title(p), p) for p in projections],
                                                   value=projection, description="projection")
         self.perplexity = widgets.IntSlider(perplexity, min=2, max=100, description="perplexity",
-                                            continuous_update=False, disabled=projection == "pca")
+                                            continuous_update=False, disabled=projection != "tsne")
         self.colour_choice = widgets.Dropdown(options=list(COLOUR_BY), value=colour_by, description="colour by")
         self.status = widgets.HTML()
         self.legend = widgets.HTML()
@@ -370,7 +407,8 @@ class EmbeddingExplorer:
     def points(self) -> EmbeddingPoints:
         return self.sets[self.set_choice.value]
 
-    def _rows(self) -> np.ndarray:
+    def _chosen_rows(self) -> np.ndarray:
+        """Every table row the dataset and category controls choose."""
         table = self.points.table
         keep = np.ones(len(table), dtype=bool)
         if self.dataset_choice.value != ALL:
@@ -379,10 +417,17 @@ class EmbeddingExplorer:
             keep &= (table["category"] == self.category_choice.value).to_numpy()
         return np.flatnonzero(keep)
 
+    def _rows(self) -> np.ndarray:
+        """The rows drawn: the chosen ones, or a seeded sample of ``max_points`` of them."""
+        rows = self._chosen_rows()
+        if self.max_points is not None and len(rows) > self.max_points:
+            rows = np.sort(np.random.default_rng(self.seed).choice(rows, self.max_points, replace=False))
+        return rows
+
     def _key(self) -> tuple:
         method = self.projection_choice.value
         return (self.set_choice.value, self.dataset_choice.value, self.category_choice.value,
-                self.layer_choice.value, method, self.perplexity.value if method != "pca" else None)
+                self.layer_choice.value, method, self.perplexity.value if method == "tsne" else None)
 
     def coordinates(self) -> np.ndarray:
         """[len(shown), 2]: the projection of the current choice, computed once per choice."""
@@ -425,7 +470,7 @@ class EmbeddingExplorer:
             self._redraw()
 
     def _projection_changed(self, change):
-        self.perplexity.disabled = change["new"] == "pca"
+        self.perplexity.disabled = change["new"] != "tsne"  # PCA and UMAP do not use it
         self._redraw()
 
     def _redraw(self, *_):
@@ -434,18 +479,37 @@ class EmbeddingExplorer:
         method = self.projection_choice.value
         cached = self._key() in self.projections
         if not cached and method != "pca":
-            self.status.value = f"<i>computing {PROJECTION_TITLES.get(method, method)} …</i>"
-        points = self.coordinates()
+            self.status.value = f"<i>computing {projection_title(method)} …</i>"
+        try:
+            points = self.coordinates()
+        except Exception as exc:
+            self.status.value = f"<b>cannot project this choice</b>: {html.escape(str(exc))}"
+            raise
         self.shown = self._rows()
-        describe = self.points.describe
+        if self.set_choice.value not in self._names:
+            self._names[self.set_choice.value] = self.points.names()
+        names = self._names[self.set_choice.value]
         with self.scatter.hold_sync():
-            self.scatter.selected = None
             self.scatter.x, self.scatter.y = points[:, 0], points[:, 1]
-            self.scatter.names = [describe(int(r)) for r in self.shown]
+            self.scatter.names = [names[r] for r in self.shown]
             self._recolour()
-        detail = f", perplexity {self.perplexity.value}" if method != "pca" else ""
-        self.figure.title = f"{self.layer_choice.value} · {PROJECTION_TITLES.get(method, method)}{detail}"
-        self.status.value = f"{len(self.shown)} points" + (" (projection cached)" if cached else "")
+            self._keep_pin()
+        detail = f", perplexity {self.perplexity.value}" if method == "tsne" else ""
+        self.figure.title = f"{self.layer_choice.value} · {projection_title(method)}{detail}"
+        chosen = len(self._chosen_rows())
+        count = (f"{len(self.shown)} of {chosen} points (a seeded sample; max_points={self.max_points})"
+                 if chosen > len(self.shown) else f"{len(self.shown)} points")
+        self.status.value = count + (" (projection cached)" if cached else "")
+
+    def _keep_pin(self) -> None:
+        """After a redraw: select the pinned point again where it is still drawn, else unpin it."""
+        if self.pinned is not None and self._pinned_set == self.set_choice.value and self.pinned in self.shown:
+            self.scatter.selected = [int(np.flatnonzero(self.shown == self.pinned)[0])]
+            return
+        self.scatter.selected = None
+        if self.pinned is not None:
+            self.pinned, self._pinned_set = None, None
+            self.pinned_label.value, self.pinned_picture.value = "", b""
 
     def _recolour(self, *_):
         column = self.colour_choice.value
@@ -471,7 +535,7 @@ class EmbeddingExplorer:
         if not 0 <= index < len(self.shown):
             raise IndexError(f"point {index} is not drawn; {len(self.shown)} points are")
         row = int(self.shown[index])
-        self.pinned = row
+        self.pinned, self._pinned_set = row, self.set_choice.value
         points = self.points
         point = points.table.iloc[row]
         self.pinned_label.value = f"<b>pinned</b>: {html.escape(points.describe(row))}"
@@ -517,7 +581,7 @@ class EmbeddingExplorer:
 
 
 def embedding_explorer(points, *, seed: int = 0, colour_by: str = "label", projection: str = "pca",
-                       perplexity: int = 30) -> EmbeddingExplorer:
+                       perplexity: int = 30, max_points: int | None = DEFAULT_MAX_POINTS) -> EmbeddingExplorer:
     """An interactive t-SNE / PCA (/ UMAP) explorer of embeddings, linked to their images.
 
     Args:
@@ -527,13 +591,17 @@ def embedding_explorer(points, *, seed: int = 0, colour_by: str = "label", proje
             then picks one.
         seed: random state of every projection; colour_by: one of :data:`COLOUR_BY`;
         projection, perplexity: the first view (t-SNE's perplexity is clipped below the point count).
+        max_points: a view holding more points draws a seeded sample of this many (an SVG scatter
+            of tens of thousands of patches would stall the browser and bloat the saved state);
+            None draws all.
     Controls: set, dataset, category ("all" or one), features (layer / feature set), projection,
-    perplexity (t-SNE / UMAP only), colour by. A projection is computed once per (set, dataset,
-    category, features, projection, perplexity) and cached, so recolouring or coming back to a
-    view computes nothing. Hover shows the sample under the pointer (a tooltip, and a line below
+    perplexity (t-SNE only), colour by. A projection is computed once per (set, dataset, category,
+    features, projection, perplexity) and cached, so recolouring or coming back to a view computes
+    nothing; a pinned point stays pinned while it is drawn. Hover shows the sample under the pointer (a tooltip, and a line below
     the plot); a click pins the sample's image (patch outlined), mask and anomaly map.
     """
-    return EmbeddingExplorer(points, seed=seed, colour_by=colour_by, projection=projection, perplexity=perplexity)
+    return EmbeddingExplorer(points, seed=seed, colour_by=colour_by, projection=projection, perplexity=perplexity,
+                             max_points=max_points)
 
 
 # -- anomaly maps across methods ----------------------------------------------------------------
@@ -685,7 +753,7 @@ def _record_html(record) -> str:
 
 class RunBrowser:
     """The widget :func:`run_browser` returns (``widget`` to display; ``cells`` maps (run,
-    dataset, category) to its button; ``select`` picks a cell as a click does)."""
+    dataset, category) of the dataset shown to its button; ``select`` picks a cell as a click does)."""
 
     def __init__(self, records, roots, metric: str = "image_auroc", worst: int = 4):
         import ipywidgets as widgets
@@ -708,31 +776,19 @@ class RunBrowser:
         self.details = widgets.HTML()
         self.picture = widgets.Image(format="png")
         self.note = widgets.HTML()
-        runs = sorted({key[0] for key in self.by_cell})
-        columns = sorted({key[1:] for key in self.by_cell})
+        datasets = sorted({key[1] for key in self.by_cell})
+        self.dataset = widgets.Dropdown(options=datasets, value=datasets[0], description="dataset",
+                                        layout=widgets.Layout(display="" if len(datasets) > 1 else "none"))
+        self.table = widgets.GridBox(layout=widgets.Layout(grid_gap="2px 4px"))
         self.cells: dict[tuple[str, str, str], object] = {}
-        grid = [widgets.HTML("<b>run</b>")] + [widgets.HTML(f"<b>{html.escape(d)}</b><br>{html.escape(c)}")
-                                               for d, c in columns]
-        for run in runs:
-            grid.append(widgets.HTML(html.escape(run)))
-            for column in columns:
-                key = (run, *column)
-                if key not in self.by_cell:
-                    grid.append(widgets.HTML("·"))
-                    continue
-                button = widgets.Button(layout=widgets.Layout(width="auto"))
-                button.on_click(lambda _, key=key: self.select(*key))
-                self.cells[key] = button
-                grid.append(button)
-        self.table = widgets.GridBox(grid, layout=widgets.Layout(
-            grid_template_columns=f"max-content repeat({len(columns)}, minmax(64px, max-content))", grid_gap="2px 4px"))
         self.selected: tuple[str, str, str] | None = None
         self._choosing = False
         self.metric.observe(lambda _: self._label_cells(), names="value")
         self.seed.observe(lambda _: self._show(), names="value")
-        self._label_cells()
+        self.dataset.observe(self._dataset_changed, names="value")
+        self._build_grid()
         self.select(*next(iter(self.cells)))
-        self.widget = widgets.VBox([self.metric, self.table, self.seed, widgets.HBox([
+        self.widget = widgets.VBox([widgets.HBox([self.dataset, self.metric]), self.table, self.seed, widgets.HBox([
             widgets.VBox([self.details], layout=widgets.Layout(width="420px")),
             widgets.VBox([self.note, self.picture])])])
         self.widget.add_class("clipad-run-browser")
@@ -741,6 +797,36 @@ class RunBrowser:
         from IPython.display import display
 
         display(self.widget)
+
+    def _build_grid(self) -> None:
+        """The table of the chosen dataset: runs × its categories (one dataset at a time, so a paper
+        results folder of 14 datasets does not become thousands of buttons)."""
+        import ipywidgets as widgets
+
+        dataset = self.dataset.value
+        keys = [key for key in self.by_cell if key[1] == dataset]
+        runs, categories = sorted({k[0] for k in keys}), sorted({k[2] for k in keys})
+        self.cells, self.selected = {}, None
+        grid = [widgets.HTML("<b>run</b>")] + [widgets.HTML(f"<b>{html.escape(c)}</b>") for c in categories]
+        for run in runs:
+            grid.append(widgets.HTML(html.escape(run)))
+            for category in categories:
+                key = (run, dataset, category)
+                if key not in self.by_cell:
+                    grid.append(widgets.HTML("·"))
+                    continue
+                button = widgets.Button(layout=widgets.Layout(width="auto"))
+                button.on_click(lambda _, key=key: self.select(*key))
+                self.cells[key] = button
+                grid.append(button)
+        self.table.children = grid
+        self.table.layout.grid_template_columns = f"max-content repeat({len(categories)}, minmax(64px, max-content))"
+        self._label_cells()
+
+    def _dataset_changed(self, _change) -> None:
+        self._build_grid()
+        if not self._choosing:
+            self.select(*next(iter(self.cells)))
 
     def _label_cells(self):
         for key, button in self.cells.items():
@@ -752,8 +838,14 @@ class RunBrowser:
     def select(self, run: str, dataset: str, category: str) -> None:
         """Show the cell (run, dataset, category): its seeds, its record, its worst samples."""
         key = (run, dataset, category)
-        if key not in self.cells:
+        if key not in self.by_cell:
             raise KeyError(f"no record of {run} on {dataset}/{category}")
+        if dataset != self.dataset.value:  # show that dataset's table first
+            self._choosing = True
+            try:
+                self.dataset.value = dataset
+            finally:
+                self._choosing = False
         if self.selected in self.cells:
             self.cells[self.selected].button_style = ""
         self.selected = key
@@ -837,10 +929,10 @@ class RunBrowser:
 
 def run_browser(records, roots: Mapping[str, object] | Callable[[str], object], metric: str = "image_auroc",
                 worst: int = 4) -> RunBrowser:
-    """Browse run records as a table: one button per (run, dataset, category) showing ``metric``'s
-    mean over seeds; a click shows that cell's record (metrics, timings, device, commit; config,
-    protocol and identity folded) for the chosen seed, and its ``worst`` false positives and
-    negatives with their scores and ranks, read from the dataset files.
+    """Browse run records as a table: for the chosen dataset, one button per (run, category)
+    showing ``metric``'s mean over seeds; a click shows that cell's record (metrics, timings,
+    device, commit; config, protocol and identity folded) for the chosen seed, and its ``worst``
+    false positives and negatives with their scores and ranks, read from the dataset files.
 
     records: :class:`~clipad_lib.results.RunRecord` list (``load_records(results_dir)``);
     roots: {record dataset name: the dataset's root folder}, or a function of the name.
