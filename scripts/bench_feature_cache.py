@@ -1,9 +1,11 @@
 """Time a CLIP-FSAC++ few-shot sweep through a cold and a warm feature cache (and, optionally, none).
 
     python scripts/bench_feature_cache.py [--backbone clipad-tiny-ViT] [--image-size 64] [--seeds 0]
-                                          [--epochs 100] [--uncached]
+                                          [--epochs 100] [--anomalies-per-image 20] [--categories ...]
+                                          [--uncached]
 
-The same sweep (1/2/4/8 shots x seeds x every synthetic category, random-init weights) runs:
+The same sweep (1/2/4/8 shots x seeds x every synthetic category, or ``--categories``, random-init
+weights) runs:
 
 * cold: through an empty on-disk cache: every normal shot, synthetic anomaly (drawn, then kept
   with its mask), prompt ensemble and test image is made and embedded once, then saved as shards;
@@ -91,7 +93,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--anomalies-per-image", type=int, default=20)
+    parser.add_argument("--anomalies-per-image", type=int, default=20,
+                        help="synthetic anomalies per shot (CLIP-FSAC++'s default, one per epoch: 100)")
+    parser.add_argument("--categories", nargs="+", help="synthetic categories to sweep (default: all eight)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--uncached", action="store_true", help="also run the sweep without a cache (slow)")
     parser.add_argument("--store-rows", type=int, help="measure the store alone with this many rows")
@@ -101,7 +105,8 @@ def main() -> None:
     if args.store_rows:
         store_at_scale(args.store_rows, args.dim)
         return
-    train, test = load_dataset("synthetic", "train"), load_dataset("synthetic", "test")
+    train = load_dataset("synthetic", "train", categories=args.categories)
+    test = load_dataset("synthetic", "test", categories=args.categories)
     backbone = build_clip(args.backbone, None, args.image_size)
     config = CLIPFSACConfig.for_dataset("visa", backbone=args.backbone, pretrained=None, image_size=args.image_size,
                                         epochs=args.epochs, anomalies_per_image=args.anomalies_per_image,

@@ -127,6 +127,9 @@ def test_a_click_pins_the_clicked_sample_and_a_hover_names_it(patches):
     assert explorer.pinned is None and explorer.controls["picture"].value == b""
     _send(scatter, "hover", N)
     assert explorer.controls["hovered"].value == "hover: syn/a · crack · image 1, patch (0, 0) · anomalous patch"
+    thumbnail = explorer.controls["hover_picture"].value
+    assert thumbnail[:4] == b"\x89PNG" and thumbnail == explorer.thumbnail(N)
+    assert explorer.thumbnail(N) != explorer.thumbnail(N + 1)  # another patch outlined
     assert explorer.scatter.names[N] == patches.describe(N)  # the tooltip says the same
     _send(scatter, "element_click", N)
     assert explorer.pinned == N and scatter.selected == [N]
@@ -174,6 +177,7 @@ def test_text_points_pin_their_prompt_and_sets_switch_spaces(pictures):
     assert explorer.set_choice.layout.display == ""  # two sets: the control shows
     row = explorer.pin(B + 1)
     assert row == B + 1 and "damaged" in explorer.controls["pinned"].value and explorer.controls["picture"].value == b""
+    assert explorer.thumbnail(B + 1) == b"" and explorer.thumbnail(0)[:4] == b"\x89PNG"
     explorer.controls["set"].value = "adapted"
     assert explorer.controls["features"].value == "adapted" and len(explorer.shown) == B
     assert explorer.scatter.colors == ["#1f77b4", "#d62728", "#1f77b4", "#d62728"]

@@ -24,6 +24,7 @@ static matplotlib counterpart for the saved figures.
 from __future__ import annotations
 
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,8 +362,11 @@ class EmbeddingExplorer:
         self.status = widgets.HTML()
         self.legend = widgets.HTML()
         self.hovered = widgets.HTML("<i>hover a point to see which sample it is; click it to pin it</i>")
+        self.hover_picture = widgets.Image(format="png", layout=widgets.Layout(width="96px", height="96px"))
+        self.hover_picture.add_class("clipad-hover-picture")
         self.pinned_label = widgets.HTML()
         self.pinned_picture = widgets.Image(format="png", layout=widgets.Layout(max_width="560px"))
+        self.pinned_picture.add_class("clipad-pinned-picture")
 
         self._x, self._y = bqplot.LinearScale(), bqplot.LinearScale()
         self.scatter = bqplot.Scatter(
@@ -386,14 +390,15 @@ class EmbeddingExplorer:
                          "features": self.layer_choice, "projection": self.projection_choice,
                          "perplexity": self.perplexity, "colour": self.colour_choice, "scatter": self.scatter,
                          "figure": self.figure, "picture": self.pinned_picture, "pinned": self.pinned_label,
-                         "hovered": self.hovered}
+                         "hovered": self.hovered, "hover_picture": self.hover_picture}
         self._set_changed({"new": names[0]})
         side = widgets.VBox([self.pinned_label, self.pinned_picture], layout=widgets.Layout(min_width="360px"))
         self.widget = widgets.VBox([
             widgets.HBox([self.set_choice, self.dataset_choice, self.category_choice]),
             widgets.HBox([self.layer_choice, self.projection_choice, self.perplexity]),
             widgets.HBox([self.colour_choice, self.status]),
-            widgets.HBox([widgets.VBox([self.figure, self.legend, self.hovered]), side]),
+            widgets.HBox([widgets.VBox([self.figure, self.legend, widgets.HBox([self.hover_picture, self.hovered])]),
+                          side]),
         ])
         self.widget.add_class("clipad-embedding-explorer")
 
@@ -527,7 +532,29 @@ class EmbeddingExplorer:
     def _hovered(self, _mark, event):
         index = (event or {}).get("data", {}).get("index")
         if index is not None and 0 <= int(index) < len(self.shown):
-            self.hovered.value = f"hover: {html.escape(self.points.describe(int(self.shown[int(index)])))}"
+            row = int(self.shown[int(index)])
+            self.hovered.value = f"hover: {html.escape(self.points.describe(row))}"
+            self.hover_picture.value = self.thumbnail(row)
+
+    def thumbnail(self, row: int, size: int = 96) -> bytes:
+        """A small PNG of the image of table row ``row`` (its patch outlined), drawn with PIL so a
+        hover costs milliseconds; empty for a text point or points without images."""
+        from PIL import Image as PILImage, ImageDraw
+
+        points, point = self.points, self.points.table.iloc[row]
+        if point["image"] < 0 or points.images is None:
+            return b""
+        picture = np.clip(np.asarray(points.images[int(point["image"])], dtype=np.float64), 0, 1)
+        image = PILImage.fromarray((picture * 255).round().astype(np.uint8)).resize((size, size), PILImage.BILINEAR)
+        if point["patch"] >= 0:
+            grid = int(point["grid"])
+            r, c = divmod(int(point["patch"]), grid)
+            step = size / grid
+            ImageDraw.Draw(image).rectangle([c * step, r * step, (c + 1) * step - 1, (r + 1) * step - 1],
+                                            outline=(0, 255, 0), width=2)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
 
     def pin(self, index: int) -> int:
         """Pin point ``index`` of the drawn points (what a click does): show its image with its
