@@ -1,8 +1,9 @@
 """The explorers in a real JupyterLab, driven through Debian's Chromium by Playwright.
 
 The test executes ``notebooks/02_explore_runs.ipynb`` headless (as ``clipad run`` does, HTML
-export included), starts JupyterLab on 127.0.0.1 with a token, opens the executed copy, runs it
-again in the browser and then uses its widgets: a key press on the sample slider changes the
+export included), starts JupyterLab on 127.0.0.1 with a token, opens the executed copy (whose
+widgets must already show, from the state saved in it), runs it again in the browser and then
+uses its widgets: a key press on the sample slider changes the
 methods' picture, a click on a scatter point pins that sample, a click on a run-browser cell shows
 that run. Screenshots go to ``results/browser/``.
 
@@ -134,6 +135,15 @@ def test_the_explorers_render_and_respond_in_jupyterlab(tmp_path, synthetic_root
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
                 expect(page.locator(".jp-Toolbar-kernelName").first).to_contain_text("Python 3", timeout=60_000)
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+                # Opened, before anything runs: the executed copy's widgets are drawn from the widget
+                # state papermill saved in it (the notebook is trusted: the runner signed it).
+                for name in ("clipad-method-explorer", "clipad-embedding-explorer", "clipad-run-browser"):
+                    expect(page.locator(f".{name}").first).to_be_attached(timeout=30_000)
+                saved = page.locator(".clipad-method-explorer img").first
+                saved.scroll_into_view_if_needed()
+                page.wait_for_function("element => element.complete && element.naturalWidth > 0",
+                                       arg=saved.element_handle(), timeout=15_000)
+                assert page.get_by_text("Error displaying widget").count() == 0
                 page.screenshot(path=SCREENSHOTS / "01_opened.png")
 
                 # Run every cell again in this kernel: the widgets must come back live.
