@@ -93,3 +93,29 @@ def test_reduced_precision_refuses_a_feature_cache(test_set):
     cached = types.SimpleNamespace(name="cached", feature_cache=object(), config=types.SimpleNamespace(device="cpu"))
     with pytest.raises(ValueError, match="feature cache"):
         evaluate_detector(cached, test_set, progress=False, precision="bf16")
+
+
+def test_the_runners_evaluate_in_the_asked_precision_and_record_it(synthetic_root, tmp_path):
+    from clipad_lib.engine import Experiment, FewShotProtocol, notebook_context
+
+    ctx = notebook_context("smoke", results_dir=tmp_path, precision="bf16", quiet=True)
+    config = {**vars(method_entry("clip_patch_memory").smoke_config())}
+    experiment = Experiment("clip_patch_memory", FewShotProtocol(("synthetic",), (1,), (0,), ("pill",)), changes=config)
+    [half] = ctx.run(experiment).records
+    [full] = notebook_context("smoke", results_dir=tmp_path / "fp32", quiet=True).run(experiment).records
+    assert half.protocol["precision"] == "bf16" and "precision" not in full.protocol
+    assert half.input_hash != full.input_hash  # a bf16 record is never reused for an fp32 run
+    assert half.metrics["pixel_auroc"] != full.metrics["pixel_auroc"]  # autocast really ran
+    assert abs(half.metrics["pixel_auroc"] - full.metrics["pixel_auroc"]) < 0.02
+
+    fitted = []
+    detector = create_detector("clip_patch_memory", method_entry("clip_patch_memory").smoke_config())
+    detector.fit = lambda data: fitted.append(data)  # must not be reached
+    from clipad_lib.engine import run_few_shot
+    train, test = (load_dataset("synthetic", split, root=synthetic_root, categories=["pill"]) for split in ("train", "test"))
+    with pytest.raises(ValueError, match="precision='fp16' needs a CUDA device"):
+        run_few_shot(detector, train=train, test=test, root=synthetic_root, k=1, seeds=[0], results_dir=tmp_path / "x",
+                     precision="fp16")
+    assert fitted == []
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        notebook_context("smoke", results_dir=tmp_path, precision="half", quiet=True)

@@ -22,6 +22,7 @@ from ..feature_cache import FeatureCache
 from ..metrics.suite import IMAGE_METRICS, PIXEL_METRICS
 from ..results import RunRecord, paper_vs_ours, records_frame, write_table
 from ..seeding import seed_everything
+from .evaluate import check_precision
 from .grid import Experiment, ExperimentResult, run_experiment
 
 STANDIN_PREFIX = "synthetic-as-"
@@ -43,6 +44,7 @@ class NotebookContext:
     standins: Mapping[str, Sequence[str]] | None = None
     batch_size: int = 8
     aupro_variant: str = "mvtec"
+    precision: str = "fp32"               # evaluation precision: "fp32", or autocast "bf16" / "fp16" (CUDA)
     _datasets: dict = field(default_factory=dict, repr=False)
     _subsets: dict = field(default_factory=dict, repr=False)
 
@@ -129,7 +131,7 @@ class NotebookContext:
 
     def run(self, experiment: Experiment, keep_detectors: bool = False) -> ExperimentResult:
         return run_experiment(experiment, self, results_dir=self.results_dir, resume=self.resume, device=self.device,
-                              batch_size=self.batch_size, aupro_variant=self.aupro_variant,
+                              batch_size=self.batch_size, aupro_variant=self.aupro_variant, precision=self.precision,
                               keep_detectors=keep_detectors)
 
     def ours(self, records: Sequence[RunRecord] | pd.DataFrame) -> pd.DataFrame:
@@ -190,14 +192,17 @@ class NotebookContext:
 def notebook_context(profile: str, *, results_dir: str | Path | None = None, device: str = "cpu",
                      resume: bool = False, paper: str | None = None, data_root: str | None = None,
                      standins: Mapping[str, Sequence[str]] | None = None, seed: int = 0, batch_size: int = 8,
-                     aupro_variant: str = "mvtec", quiet: bool = False) -> NotebookContext:
+                     aupro_variant: str = "mvtec", precision: str = "fp32", quiet: bool = False) -> NotebookContext:
     """The notebook's context: ``results/<profile>/`` (or ``results_dir``), the global RNG seeded
-    once for the notebook's own drawings, and the data / numbers helpers above."""
+    once for the notebook's own drawings, and the data / numbers helpers above. ``precision``
+    ("fp32", "bf16", "fp16") is the precision of every evaluation ``ctx.run`` makes."""
+    check_precision(precision)  # a typo fails here, before any data is read
     seed_everything(seed)
     context = NotebookContext(profile, Path(results_dir) if results_dir else paths.results_dir(profile), device,
                               resume, paper, data_root, dict(standins) if standins else None, batch_size,
-                              aupro_variant)
+                              aupro_variant, precision)
     if not quiet:
         shown = f"; smoke stand-ins for {len(context.standins)} datasets" if context.standins else ""
-        print(f"profile={profile} device={device} results -> {context.results_dir}{shown}")
+        reduced = f" precision={precision}" if precision != "fp32" else ""
+        print(f"profile={profile} device={device}{reduced} results -> {context.results_dir}{shown}")
     return context

@@ -94,6 +94,15 @@ def _check_precision_for(detector: Detector, precision: str, device_type: str) -
                          "embeddings under the same keys as fp32 ones; evaluate in fp32 or without the cache")
 
 
+def check_precision_for(detector: Detector, precision: str) -> str:
+    """``precision`` if ``detector`` can evaluate in it on its device, else the ValueError
+    :func:`evaluate_detector` would raise (a bad name, fp16 off CUDA, reduced precision with a
+    feature cache); the runners call it before any training."""
+    if check_precision(precision) != "fp32":
+        _check_precision_for(detector, precision, _device_type(detector))
+    return precision
+
+
 def predict_with_precision(detector: Detector, images: torch.Tensor, class_names: Sequence[str] | None,
                            precision: str = "fp32") -> Prediction:
     """``detector.predict(images, class_names)``, under autocast for "bf16" / "fp16".

@@ -13,7 +13,7 @@ from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
 from ..results import (RunOutcome, RunRecord, RunSpec, dataset_fingerprint, few_shot_setting, run_recorded,
                        sample_columns)
-from .evaluate import Evaluation, evaluate_detector, evaluation_protocol, load_reference_images
+from .evaluate import Evaluation, check_precision_for, evaluate_detector, evaluation_protocol, load_reference_images
 from .zeroshot import auxiliary_identity
 
 
@@ -44,7 +44,8 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
                  seeds: Sequence[int], results_dir: Path, categories: Sequence[str] | None = None,
                  resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
                  keep_evaluations: bool = False, variant: str = "", auxiliary: Sequence[AnomalyDataset] = (),
-                 fit_auxiliary: Callable[[], None] | None = None, auxiliary_seed: int = 0) -> FewShotRun:
+                 fit_auxiliary: Callable[[], None] | None = None, auxiliary_seed: int = 0,
+                 precision: str = "fp32") -> FewShotRun:
     """Evaluate ``detector`` k-shot on every (category, seed) and write one run record each.
 
     ``variant`` names an ablation of the method ("" for the method as configured); it is a field of
@@ -57,12 +58,14 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
 
     The reference lists are written to ``results_dir/kshot/<dataset>/<category>/k<k>-seed<s>.json``
     so any number can be re-run on exactly the same references. With ``resume``, a run whose
-    inputs and code are unchanged is read back instead of recomputed.
+    inputs and code are unchanged is read back instead of recomputed. ``precision`` is the
+    evaluation's (:func:`evaluate_detector`), refused before any fit when it cannot be used.
     """
     outcome = FewShotRun()
     setting = few_shot_setting(k)
     label = f"{setting} {variant}" if variant else setting
-    protocol = evaluation_protocol(detector, aupro_variant)
+    check_precision_for(detector, precision)
+    protocol = evaluation_protocol(detector, aupro_variant, precision=precision)
     auxiliary = list(auxiliary)
     check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
     train_data = "+".join(d.name for d in auxiliary)
@@ -89,7 +92,8 @@ def run_few_shot(detector: Detector, *, train: AnomalyDataset, test: AnomalyData
             fit_on_references(detector, references, seed)
             fit_seconds = time.perf_counter() - start
             evaluation = evaluate_detector(detector, test_category, batch_size=batch_size,
-                                           aupro_variant=aupro_variant, desc=f"{category} seed {seed}")
+                                           aupro_variant=aupro_variant, desc=f"{category} seed {seed}",
+                                           precision=precision)
             if keep_evaluations:
                 outcome.evaluations[(category, seed)] = evaluation
             return RunOutcome(evaluation.metrics, {"fit_s": fit_seconds, **evaluation.timings},

@@ -247,7 +247,7 @@ class _AuxiliaryModel:
 
 def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Path, resume: bool = False,
                    device: str = "cpu", batch_size: int = 8, aupro_variant: str = "mvtec",
-                   keep_detectors: bool = False) -> ExperimentResult:
+                   keep_detectors: bool = False, precision: str = "fp32") -> ExperimentResult:
     """Run every job of ``experiment`` (records written atomically, reused on ``resume``).
 
     With ``keep_detectors`` the fitted detectors are returned too, so a zero-shot model is trained
@@ -266,7 +266,8 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
             auxiliary = [data.dataset(name)[0] for name in job.pair.train]
             run = run_zero_shot(detector, tests=tests, auxiliary=auxiliary, results_dir=results_dir, seed=job.seed,
                                 variant=variant.name, resume=resume, batch_size=batch_size,
-                                aupro_variant=aupro_variant, device=device, always_fit=keep_detectors)
+                                aupro_variant=aupro_variant, device=device, always_fit=keep_detectors,
+                                precision=precision)
             result.trainings += int(run.trained)
             key = (variant.name, job.pair.train_data, job.seed)
         else:
@@ -288,7 +289,8 @@ def run_experiment(experiment: Experiment, data: DataSource, *, results_dir: Pat
             run = run_few_shot(detector, train=train, test=test, root=root, k=job.shots, seeds=protocol.seeds,
                                results_dir=results_dir, resume=resume, batch_size=batch_size,
                                aupro_variant=aupro_variant, device=device, variant=variant.name,
-                               auxiliary=auxiliary, fit_auxiliary=prepare, auxiliary_seed=protocol.seeds[0])
+                               auxiliary=auxiliary, fit_auxiliary=prepare, auxiliary_seed=protocol.seeds[0],
+                               precision=precision)
             key = (variant.name, job.dataset, job.shots)
         result.records += run.records
         result.reused += run.reused

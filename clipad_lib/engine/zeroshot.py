@@ -11,7 +11,7 @@ from ..data import AnomalyDataset
 from ..data.auxiliary import check_zero_shot
 from ..methods.base import Detector, FitData
 from ..results import ZERO_SHOT, RunOutcome, RunRecord, RunSpec, dataset_fingerprint, sample_columns
-from .evaluate import Evaluation, evaluate_detector, evaluation_protocol
+from .evaluate import Evaluation, check_precision_for, evaluate_detector, evaluation_protocol
 
 
 @dataclass
@@ -31,18 +31,21 @@ def auxiliary_identity(auxiliary: Sequence[AnomalyDataset]) -> list[dict]:
 def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, Path]],
                   auxiliary: Sequence[AnomalyDataset] = (), results_dir: Path, seed: int = 0, variant: str = "",
                   resume: bool = False, batch_size: int = 8, aupro_variant: str = "mvtec", device: str = "cpu",
-                  keep_evaluations: bool = False, always_fit: bool = False) -> ZeroShotRun:
+                  keep_evaluations: bool = False, always_fit: bool = False, precision: str = "fp32") -> ZeroShotRun:
     """Fit ``detector`` once on ``auxiliary`` (skipped for methods without training) and evaluate
     every category of every ``(test set, its root)``, one run record each.
 
     The auxiliary categories must not overlap any test category (refused otherwise). With
     ``resume``, every category whose record is unchanged (same config, data, code) is read back;
     training runs only when some category is left to evaluate — and then once for all test sets.
+    ``precision`` is the evaluation's (:func:`evaluate_detector`); a value that cannot be used is
+    refused before any training, and a reduced one is part of every record's protocol.
     """
     auxiliary = list(auxiliary)
     for test, _ in tests:
         check_zero_shot([c for d in auxiliary for c in d.categories], test.categories)
-    protocol = evaluation_protocol(detector, aupro_variant)
+    check_precision_for(detector, precision)
+    protocol = evaluation_protocol(detector, aupro_variant, precision=precision)
     training_identity = auxiliary_identity(auxiliary)
     train_data = "+".join(d.name for d in auxiliary)
     jobs = [(test, root, category) for test, root in tests for category in test.categories]
@@ -68,8 +71,8 @@ def run_zero_shot(detector: Detector, *, tests: Sequence[tuple[AnomalyDataset, P
             outcome.reused += 1
             continue
         test_category = test.subset(category=category)
-        evaluation = evaluate_detector(detector, test_category, batch_size=batch_size,
-                                       aupro_variant=aupro_variant, desc=f"{detector.name} on {test.name}/{category}")
+        evaluation = evaluate_detector(detector, test_category, batch_size=batch_size, aupro_variant=aupro_variant,
+                                       desc=f"{detector.name} on {test.name}/{category}", precision=precision)
         if keep_evaluations:
             outcome.evaluations[key] = evaluation
         result = RunOutcome(evaluation.metrics, {"fit_s": outcome.fit_seconds, **evaluation.timings},
