@@ -14,6 +14,7 @@ from typing import Sequence
 import yaml
 
 from . import paths
+from .io import atomic_write
 from .jobs import JobState, job_fingerprint, now
 from .profiles import profile_parameters
 
@@ -244,8 +245,6 @@ def export_html(executed: Path, output: Path | None = None) -> Path | None:
     """
     import nbformat
     from nbconvert import HTMLExporter
-
-    from .io import atomic_write
 
     output = Path(output) if output is not None else executed.with_suffix(".html")
     output.unlink(missing_ok=True)  # an earlier run's page must not stand beside this run's notebook

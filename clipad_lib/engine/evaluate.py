@@ -163,8 +163,7 @@ def evaluate_detector(detector: Detector, dataset: AnomalyDataset, *, batch_size
     bf16). Scores and maps come back as float32 either way, and metrics are computed in full
     precision; the protocol then records the precision.
     """
-    if check_precision(precision) != "fp32":  # fails before any work (fp16 off CUDA, a feature cache)
-        _check_precision_for(detector, precision, _device_type(detector))
+    check_precision_for(detector, precision)  # fails before any work (fp16 off CUDA, a feature cache)
     transform = detector.transform
     loader = torch.utils.data.DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers)

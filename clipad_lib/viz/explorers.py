@@ -26,7 +26,7 @@ from __future__ import annotations
 import html
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -136,6 +136,7 @@ class EmbeddingPoints:
     masks: np.ndarray | None = None
     maps: np.ndarray | None = None
     map_title: str = "anomaly map"
+    _names: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.features, Mapping) or not self.features:
@@ -198,7 +199,13 @@ class EmbeddingPoints:
                    parts[0].map_title)
 
     def names(self) -> list[str]:
-        """:meth:`describe` of every row, built column-wise (fast for tens of thousands of patches)."""
+        """:meth:`describe` of every row, built column-wise once (fast for tens of thousands of
+        patches) and kept: the explorer's tooltips, hover line and pin label all read it."""
+        if self._names is None:
+            self._names = self._format_names()
+        return self._names
+
+    def _format_names(self) -> list[str]:
         table = self.table
         where = [("/".join(p for p in pair if p)) for pair in zip(table["dataset"], table["category"])]
         labels = table["label"].to_numpy().astype(bool)
@@ -218,16 +225,7 @@ class EmbeddingPoints:
 
     def describe(self, row: int) -> str:
         """One line naming point ``row``: dataset / category · defect · image and patch, or the prompt."""
-        point = self.table.iloc[row]
-        where = "/".join(str(p) for p in (point["dataset"], point["category"]) if p)
-        state = "anomalous" if point["label"] else "normal"
-        if point["image"] < 0:
-            return f"{where} · {state} prompt: “{point['text']}”"
-        text = f"{where} · {point['defect'] or state} · image {int(point['image'])}"
-        if point["patch"] >= 0:
-            r, c = divmod(int(point["patch"]), int(point["grid"]))
-            text += f", patch ({r}, {c}) · {state} patch"
-        return text
+        return self.names()[row]
 
 
 def patch_points(embeddings: Mapping[object, object], images, masks, maps=None, *, dataset: str = "",
@@ -318,7 +316,19 @@ def _outline_patch(axis, patch: int, grid: int, size: tuple[int, int]) -> None:
                              edgecolor="lime", linewidth=1.5))
 
 
-class EmbeddingExplorer:
+class _Explorer:
+    """What the explorers share: ``widget`` is what a notebook shows, and ``display(explorer)``
+    shows it."""
+
+    widget = None
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class EmbeddingExplorer(_Explorer):
     """The widget :func:`embedding_explorer` returns; ``widget`` is what a notebook displays
     (``display(explorer)`` works too). ``controls`` holds the widgets by name, ``projections``
     the cache, ``shown`` the table rows of the points drawn (in drawing order), ``pinned`` the
@@ -345,7 +355,6 @@ class EmbeddingExplorer:
         self.shown = np.zeros(0, dtype=int)
         self.pinned: int | None = None
         self._pinned_set: str | None = None
-        self._names: dict[str, list[str]] = {}
         self._holding = False
 
         names = list(sets)
@@ -401,11 +410,6 @@ class EmbeddingExplorer:
                           side]),
         ])
         self.widget.add_class("clipad-embedding-explorer")
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     # the data of the current choice
     @property
@@ -491,9 +495,7 @@ class EmbeddingExplorer:
             self.status.value = f"<b>cannot project this choice</b>: {html.escape(str(exc))}"
             raise
         self.shown = self._rows()
-        if self.set_choice.value not in self._names:
-            self._names[self.set_choice.value] = self.points.names()
-        names = self._names[self.set_choice.value]
+        names = self.points.names()
         with self.scatter.hold_sync():
             self.scatter.x, self.scatter.y = points[:, 0], points[:, 1]
             self.scatter.names = [names[r] for r in self.shown]
@@ -663,7 +665,7 @@ def method_figure(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[str,
     return figure
 
 
-class MethodExplorer:
+class MethodExplorer(_Explorer):
     """The widget :func:`method_explorer` returns (``widget`` to display; ``controls`` by name)."""
 
     def __init__(self, images, masks, maps: Mapping[str, object], scores: Mapping[str, object] | None = None,
@@ -712,11 +714,6 @@ class MethodExplorer:
         self.widget = widgets.VBox([widgets.HBox([self.previous, self.sample, self.next]),
                                     widgets.HBox([self.threshold, self.opacity]), self.picture])
         self.widget.add_class("clipad-method-explorer")
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def step(self, by: int) -> None:
         """Move the sample slider by ``by`` (wrapping around), as the ◀ ▶ buttons do."""
@@ -778,7 +775,7 @@ def _record_html(record) -> str:
             + block("config", record.config) + block("protocol", record.protocol) + block("identity", record.identity))
 
 
-class RunBrowser:
+class RunBrowser(_Explorer):
     """The widget :func:`run_browser` returns (``widget`` to display; ``cells`` maps (run,
     dataset, category) of the dataset shown to its button; ``select`` picks a cell as a click does)."""
 
@@ -819,11 +816,6 @@ class RunBrowser:
             widgets.VBox([self.details], layout=widgets.Layout(width="420px")),
             widgets.VBox([self.note, self.picture])])])
         self.widget.add_class("clipad-run-browser")
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def _build_grid(self) -> None:
         """The table of the chosen dataset: runs × its categories (one dataset at a time, so a paper
