@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .host_memory import reuse_freed_memory_for
+
 if TYPE_CHECKING:
     from .data.auxiliary import AuxiliaryTrainingSet
 
@@ -28,6 +30,9 @@ def train_epochs(step: Callable[[dict], torch.Tensor], optimizer: torch.optim.Op
     draws depend on it), so the same seed gives the same run. A progress bar shows the running
     loss. Returns the mean loss of every epoch.
     """
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if parameters:
+        reuse_freed_memory_for(parameters[0].device)  # CPU: no page fault per activation (host_memory)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 from clipad_lib.data import ensure_synthetic_dataset, load_dataset, load_sample  # noqa: E402
 from clipad_lib.engine.evaluate import PRECISIONS, predict_with_precision  # noqa: E402
+from clipad_lib.host_memory import reuse_freed_memory_for  # noqa: E402
 from clipad_lib.methods import FitData, create_detector, method_entry  # noqa: E402
 
 DEFAULT_METHODS = ("adaclip", "aprilgan", "winclip", "anomalyclip", "patchcore")
@@ -220,10 +221,13 @@ def main(argv=None) -> dict:
         parser.error("fp16 autocast needs --device cuda; on the CPU use --precision bf16")
 
     device = device_description(args.device)
+    # As evaluate_detector does on the CPU (CLIPAD_REUSE_FREED_MEMORY=0 turns it off, for the official code too).
+    device["reuse_freed_memory"] = reuse_freed_memory_for(args.device)
     size = "ViT-B-16 at 240 px (the golden configuration)" if args.official_adaclip else f"{args.image_size} px"
     print(f"torch {device['torch']} | device {args.device}{' (' + device['gpu'] + ')' if 'gpu' in device else ''} | "
           f"CPU {device['cpu']} ({device['cpu_count']} logical) | torch threads {device['torch_threads']} | "
           f"precision {args.precision} | {size} | batches {batches} | {args.seconds:g} s per point | "
+          f"freed memory reused {'yes' if device['reuse_freed_memory'] else 'no'} | "
           f"load avg {device['load_average_1min']}", flush=True)
     if args.official_adaclip:
         report = {"device": device, "official_adaclip": compare_with_official_adaclip(args, batches)}

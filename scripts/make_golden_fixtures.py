@@ -286,6 +286,14 @@ def _adaclip_timing_worker(repo: Path, work: Path, count: int, threads: int) -> 
     import packaging
 
     torch.set_num_threads(threads)
+    # The same allocator setting as the workbook's side (clipad_lib/host_memory.py, loaded alone so
+    # that this worker imports nothing else of clipad_lib; CLIPAD_REUSE_FREED_MEMORY=0 turns both off).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("host_memory", Path(__file__).resolve().parents[1] / "clipad_lib" / "host_memory.py")
+    host_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_memory)
+    reused = host_memory.reuse_freed_memory()
     # Its adaclip.py imports pkg_resources for packaging.version only; setuptools >= 81 has none.
     sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))
     trainer = official_adaclip_trainer(repo, work)
@@ -297,7 +305,8 @@ def _adaclip_timing_worker(repo: Path, work: Path, count: int, threads: int) -> 
         for i in range(count):
             trainer.clip_model(images[i:i + 1], [name], aggregation=True)
         elapsed = time.perf_counter() - start
-    print(json.dumps({"images_per_s": count / elapsed, "seconds": elapsed, "images": count}))
+    print(json.dumps({"images_per_s": count / elapsed, "seconds": elapsed, "images": count,
+                      "reuse_freed_memory": reused}))
 
 
 def _adaclip_worker(repo: Path, work: Path) -> None:

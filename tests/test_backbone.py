@@ -25,6 +25,15 @@ def test_last_layer_tokens_agree_with_the_plain_forward(tiny_backbone):
     assert tokens[0].shape[1] == tiny_backbone.grid_size ** 2
 
 
+def test_image_embedding_computes_only_the_class_token_in_the_last_block_and_agrees(tiny_backbone):
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = tiny_backbone.model.encode_image(images)
+        torch.testing.assert_close(tiny_backbone.encode_image(images, normalize=False), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tiny_backbone.encode_image(images), torch.nn.functional.normalize(expected, dim=-1),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_backbone_is_frozen(tiny_backbone):
     assert not any(p.requires_grad for p in tiny_backbone.parameters())
     tiny_backbone.train()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from clipad_lib.backbones import BackboneError
-from clipad_lib.backbones.prompted import PromptConfig, PromptedCLIP
+from clipad_lib.backbones.clip import last_token_output
+from clipad_lib.backbones.prompted import PromptConfig, PromptedCLIP, length_buckets
 
 LAYERS = [2, 4, 8]
 
@@ -105,3 +106,60 @@ def test_bad_prompt_settings(tiny_backbone):
         PromptConfig(text_placement="middle")
     with pytest.raises(ValueError, match=">= 0"):
         PromptConfig(length=-1)
+
+
+def test_length_buckets_minimise_padded_tokens():
+    # Lengths 9, 9, 10, 14: one group pads all four to 14 (56 tokens); two split off the 14 (30 + 14 = 44);
+    # three also split 10 from the 9s (18 + 10 + 14 = 42).
+    assert length_buckets([9, 9, 10, 14], 1) == [[0, 1, 2, 3]]
+    assert length_buckets([9, 14, 9, 10], 2) == [[0, 2, 3], [1]]
+    assert length_buckets([9, 14, 9, 10], 3) == [[0, 2], [3], [1]]
+    # Never more groups than distinct lengths, and no split that saves nothing.
+    assert length_buckets([5, 5, 5], 3) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="max_buckets must be >= 1"):
+        length_buckets([5], 0)
+
+
+def test_length_buckets_change_no_text_embedding(tiny_backbone):
+    """Sentences of very different lengths, run in groups cut to their own longest, give the same
+    embeddings (and the same order) as one group cut to the longest of all."""
+    sentences = tiny_backbone.tokenizer(["a pill.", "a photo of a flawless pill for visual inspection today.",
+                                         "a cropped photo of a damaged pill.", "pill."])
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 64, 64)
+    for placement in ("official", "paper"):
+        prompted = PromptedCLIP(tiny_backbone, PromptConfig(length=3, depth=3, text_placement=placement))
+        source = prompted.frozen_image_embedding(images)
+        with torch.no_grad():
+            one = prompted.encode_text(sentences, dynamic_source=source, max_buckets=1)
+            grouped = prompted.encode_text(sentences, dynamic_source=source, max_buckets=3)
+        assert grouped.shape == (3, 4, 32)
+        torch.testing.assert_close(grouped, one, rtol=1e-5, atol=1e-5)  # embeddings of norm ~1-10: rounding
+        plain = PromptedCLIP(tiny_backbone, PromptConfig(length=0))
+        torch.testing.assert_close(plain.encode_text(sentences, max_buckets=3), tiny_backbone.model.encode_text(sentences),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_last_token_output_equals_the_whole_block_read_at_that_token(tiny_backbone):
+    torch.manual_seed(3)
+    text_block = tiny_backbone.model.transformer.resblocks[-1]
+    x = torch.randn(5, 12, tiny_backbone.model.transformer.width)
+    rows = torch.tensor([0, 3, 11, 7, 7])
+    mask = tiny_backbone.model.attn_mask[:12, :12]
+    with torch.no_grad():
+        torch.testing.assert_close(last_token_output(text_block, x, rows, mask),
+                                   text_block(x, attn_mask=mask)[torch.arange(5), rows], rtol=1e-5, atol=1e-5)
+        image_block = tiny_backbone.image_blocks[-1]
+        tokens = torch.randn(2, 17, tiny_backbone.width)
+        torch.testing.assert_close(last_token_output(image_block, tokens, torch.zeros(2, dtype=torch.long)),
+                                   image_block(tokens)[:, 0], rtol=1e-5, atol=1e-5)
+
+    class Doubling(torch.nn.Module):  # not an open_clip block: run whole, then read
+        def forward(self, x, attn_mask=None):
+            return 2 * x
+
+    assert torch.equal(last_token_output(Doubling(), x, rows), 2 * x[torch.arange(5), rows])
+    # Gradients flow as through the whole block.
+    x.requires_grad_(True)
+    last_token_output(text_block, x, rows, mask).sum().backward()
+    assert x.grad is not None and x.grad[0, 1:].abs().sum() == 0  # row 0 of sequence 0 sees only itself

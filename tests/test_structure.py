@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clipad_lib"
 
 # Each room may import rooms of its own layer or below, never above.
 LAYERS = [
-    {"io", "paths", "validation", "seeding"},
+    {"io", "paths", "validation", "seeding", "host_memory"},
     {"feature_cache", "data", "metrics", "synthesis", "losses"},
     {"backbones", "training", "pretraining"},
     {"methods"},

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import AnomalyDataset, SampleRecord, load_sample
+from ..host_memory import reuse_freed_memory_for
 from ..data.transforms import ImageTransform, TransformedDataset
 from ..methods.base import Detector, Prediction
 from ..metrics import detection_metrics
@@ -164,6 +165,7 @@ def evaluate_detector(detector: Detector, dataset: AnomalyDataset, *, batch_size
     precision; the protocol then records the precision.
     """
     check_precision_for(detector, precision)  # fails before any work (fp16 off CUDA, a feature cache)
+    reuse_freed_memory_for(_device_type(detector))  # CPU: no page fault per activation (host_memory)
     transform = detector.transform
     loader = torch.utils.data.DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers)
