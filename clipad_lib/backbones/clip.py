@@ -270,20 +270,28 @@ class ClipBackbone(FrozenEncoder):
         return projected @ visual.proj if visual.proj is not None else projected
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image embeddings [B, D]. A ViT pooled by its class token computes only that token in
-        the last block (:func:`last_token_output`); other towers run open_clip's own forward."""
+        """Image embeddings [B, D] (:meth:`pooled_image_embedding` of the input tokens)."""
         self.check_images(images)
+        pooled = self.pooled_image_embedding(self.image_input_tokens(images))
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def pooled_image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token sequences [B, L, C] (the first block's input, class token first; any L, e.g. a
+        window of patches) -> their pooled, projected image embedding [B, D], not normalized.
+        A ViT pooled by its class token computes only that token in the last block
+        (:func:`last_token_output`); other towers run every block whole."""
         visual = self.model.visual
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", None) != "tok" \
                 or not getattr(visual.transformer, "batch_first", False):
-            return self.model.encode_image(images, normalize=normalize)
-        x = self.image_input_tokens(images)
+            pooled, _ = self.pool_image_tokens(self.run_image_transformer(tokens))
+            return pooled
         blocks = self.image_blocks
         for block in blocks[:-1]:
-            x = block(x)
-        cls = last_token_output(blocks[-1], x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+            tokens = block(tokens)
+        cls = last_token_output(blocks[-1], tokens, torch.zeros(tokens.shape[0], dtype=torch.long,
+                                                                device=tokens.device))
         pooled, _ = self.pool_image_tokens(cls[:, None])
-        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+        return pooled
 
     def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Text embeddings [P, D] of a list of prompts."""

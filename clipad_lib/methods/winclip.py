@@ -132,7 +132,7 @@ class WinCLIPDetector(Detector):
             selected = tokens[:, 1:][:, windows.to(tokens.device)]  # [B, W, k², C]
             cls = tokens[:, :1, None].expand(-1, count, -1, -1)  # [B, W, 1, C]
             sequences = torch.cat([cls, selected], dim=2).reshape(batch * count, -1, tokens.shape[-1])
-            window_pooled, _ = backbone.pool_image_tokens(backbone.run_image_transformer(sequences))
+            window_pooled = backbone.pooled_image_embedding(sequences)  # only the class token is read
             window_embeddings.append(window_pooled.reshape(batch, count, -1))
         return image_embedding, patch_tokens, window_embeddings
 
