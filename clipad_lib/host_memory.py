@@ -10,10 +10,12 @@ and 0.03 s. PyTorch's CPU allocator has no cache of its own (its tuning guide su
 or tcmalloc through ``LD_PRELOAD``, which a notebook cannot do after start-up); ``mallopt``
 gives glibc's allocator the same habit from inside the process.
 
-The settings are process-wide and only ever raise glibc's thresholds: up to ``trim_threshold``
-of freed memory stays with the process instead of the kernel. ``evaluate_detector`` and the
-training loop call :func:`reuse_freed_memory` for CPU work; ``CLIPAD_REUSE_FREED_MEMORY=0``
-turns it off. On a C library without ``mallopt`` (macOS, musl) it does nothing and says so.
+The settings are process-wide: up to ``trim_threshold`` of freed memory stays with the process
+instead of the kernel (they replace glibc's defaults, or a ``MALLOC_MMAP_THRESHOLD_`` the user
+set). ``evaluate_detector`` and the training loop call :func:`reuse_freed_memory` for CPU work;
+``CLIPAD_REUSE_FREED_MEMORY=0`` keeps the process from setting them. On a C library without
+``mallopt`` (macOS, musl) it does nothing and says so. A glibc that caps the mmap threshold at
+32 MiB (``HEAP_MAX_SIZE / 2``, as some older releases do) gets 32 MiB.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ M_TRIM_THRESHOLD = -1   # glibc <malloc.h>: free memory above this at the heap t
 M_MMAP_THRESHOLD = -3   # glibc <malloc.h>: blocks at least this large get their own mmap (unmapped on free)
 
 DEFAULT_MMAP_THRESHOLD = 64 << 20    # larger than one ViT-B/L activation of a batch; glibc's own cap is 32 MiB
+FALLBACK_MMAP_THRESHOLD = 32 << 20   # what a glibc that refuses more accepts
 DEFAULT_TRIM_THRESHOLD = 256 << 20   # at most this much freed memory is kept
 
-_applied: tuple[int, int] | None = None
+_applied: dict[str, int] = {}
 
 
 def _mallopt():
@@ -36,33 +39,51 @@ def _mallopt():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.mallopt
+        mallopt = libc.mallopt
     except (OSError, AttributeError):
         return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
 
 
 def reuse_freed_memory(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
                        trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
-    """Ask glibc to keep freed blocks below ``mmap_threshold`` bytes in the heap, and up to
-    ``trim_threshold`` bytes of free heap, for reuse. Returns True when the settings are in force
-    (applied now or by an earlier call with the same values); False when switched off by
-    ``CLIPAD_REUSE_FREED_MEMORY=0`` or the C library has no ``mallopt``.
+    """Ask glibc to serve blocks below ``mmap_threshold`` bytes from the heap and keep up to
+    ``trim_threshold`` bytes of free heap, for reuse.
+
+    Returns True when this call set both (or an earlier call set these values already); False
+    when ``CLIPAD_REUSE_FREED_MEMORY=0`` (nothing is set, though settings an earlier call made
+    stay: glibc cannot be asked to undo them) or the C library has no ``mallopt``.
+    :func:`applied_settings` says what is in force.
     """
-    global _applied
+    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2 ** 31:
+            raise ValueError(f"{name} must be a positive int below 2 GiB (mallopt takes an int), got {value!r}")
     if os.environ.get("CLIPAD_REUSE_FREED_MEMORY", "1").strip() == "0":
         return False
-    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if not isinstance(value, int) or not 0 < value < 2 ** 31:
-            raise ValueError(f"{name} must be a positive int below 2 GiB (mallopt takes an int), got {value!r}")
-    if _applied == (mmap_threshold, trim_threshold):
+    if _applied.get("requested_mmap_threshold") == mmap_threshold and _applied.get("trim_threshold") == trim_threshold:
         return True
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
-    _applied = (mmap_threshold, trim_threshold) if ok else None
-    return ok
+    mmap = mmap_threshold if mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 else None
+    if mmap is None and mmap_threshold > FALLBACK_MMAP_THRESHOLD and \
+            mallopt(M_MMAP_THRESHOLD, FALLBACK_MMAP_THRESHOLD) == 1:
+        mmap = FALLBACK_MMAP_THRESHOLD
+    trim = trim_threshold if mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1 else None
+    if mmap is not None:
+        _applied.update(mmap_threshold=mmap, requested_mmap_threshold=mmap_threshold)
+    if trim is not None:
+        _applied["trim_threshold"] = trim
+    return mmap is not None and trim is not None
+
+
+def applied_settings() -> dict[str, int]:
+    """The thresholds this process has set (bytes): ``mmap_threshold``, ``trim_threshold`` and the
+    ``requested_mmap_threshold`` (larger than ``mmap_threshold`` where glibc capped it); empty
+    before any call took effect."""
+    return dict(_applied)
 
 
 def reuse_freed_memory_for(device) -> bool:

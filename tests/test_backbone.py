@@ -25,13 +25,20 @@ def test_last_layer_tokens_agree_with_the_plain_forward(tiny_backbone):
     assert tokens[0].shape[1] == tiny_backbone.grid_size ** 2
 
 
-def test_image_embedding_computes_only_the_class_token_in_the_last_block_and_agrees(tiny_backbone):
+def test_image_embedding_computes_only_the_class_token_in_the_last_block_and_agrees(tiny_backbone, monkeypatch):
+    from clipad_lib.backbones import clip
+
+    rows_read = []
+    real = clip.last_token_output
+    monkeypatch.setattr(clip, "last_token_output", lambda block, x, rows, mask=None: (
+        rows_read.append(rows.tolist()), real(block, x, rows, mask))[1])
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = tiny_backbone.model.encode_image(images)
         torch.testing.assert_close(tiny_backbone.encode_image(images, normalize=False), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(tiny_backbone.encode_image(images), torch.nn.functional.normalize(expected, dim=-1),
                                    rtol=1e-5, atol=1e-5)
+    assert rows_read == [[0, 0, 0], [0, 0, 0]]  # the shortcut ran, on the class token of each image
 
 
 def test_backbone_is_frozen(tiny_backbone):

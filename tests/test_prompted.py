@@ -113,11 +113,33 @@ def test_length_buckets_minimise_padded_tokens():
     # three also split 10 from the 9s (18 + 10 + 14 = 42).
     assert length_buckets([9, 9, 10, 14], 1) == [[0, 1, 2, 3]]
     assert length_buckets([9, 14, 9, 10], 2) == [[0, 2, 3], [1]]
-    assert length_buckets([9, 14, 9, 10], 3) == [[0, 2], [3], [1]]
+    assert length_buckets([9, 14, 9, 10], 3, min_saving=0) == [[0, 2], [3], [1]]
+    # The third group saves 2 tokens, under a tenth of 56: not worth another pass through the tower.
+    assert length_buckets([9, 14, 9, 10], 3) == [[0, 2, 3], [1]]
     # Never more groups than distinct lengths, and no split that saves nothing.
-    assert length_buckets([5, 5, 5], 3) == [[0, 1, 2]]
+    assert length_buckets([5, 5, 5], 3, min_saving=0) == [[0, 1, 2]]
     with pytest.raises(ValueError, match="max_buckets must be >= 1"):
         length_buckets([5], 0)
+    with pytest.raises(ValueError, match="at least one sentence"):
+        length_buckets([])
+
+
+def test_length_buckets_are_the_optimal_contiguous_split():
+    """Against brute force over every split of the sorted lengths into at most k groups."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(3, 12) for _ in range(rng.randint(1, 8))]
+        k = rng.randint(1, 4)
+        ordered = sorted(set(lengths))
+        fewest = min(sum(sum(1 for n in lengths if low < n <= high) * high
+                         for low, high in zip((0,) + bounds, bounds + (ordered[-1],)))
+                     for groups in range(k) for bounds in itertools.combinations(ordered[:-1], groups))
+        buckets = length_buckets(lengths, k, min_saving=0)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        assert sum(len(b) * max(lengths[i] for i in b) for b in buckets) == fewest
 
 
 def test_length_buckets_change_no_text_embedding(tiny_backbone):
@@ -135,9 +157,9 @@ def test_length_buckets_change_no_text_embedding(tiny_backbone):
             grouped = prompted.encode_text(sentences, dynamic_source=source, max_buckets=3)
         assert grouped.shape == (3, 4, 32)
         torch.testing.assert_close(grouped, one, rtol=1e-5, atol=1e-5)  # embeddings of norm ~1-10: rounding
-        plain = PromptedCLIP(tiny_backbone, PromptConfig(length=0))
-        torch.testing.assert_close(plain.encode_text(sentences, max_buckets=3), tiny_backbone.model.encode_text(sentences),
-                                   rtol=1e-5, atol=1e-6)
+    plain = PromptedCLIP(tiny_backbone, PromptConfig(length=0))
+    torch.testing.assert_close(plain.encode_text(sentences, max_buckets=3), tiny_backbone.model.encode_text(sentences),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_last_token_output_equals_the_whole_block_read_at_that_token(tiny_backbone):
@@ -159,7 +181,45 @@ def test_last_token_output_equals_the_whole_block_read_at_that_token(tiny_backbo
             return 2 * x
 
     assert torch.equal(last_token_output(Doubling(), x, rows), 2 * x[torch.arange(5), rows])
+    # A boolean mask (True: not allowed) reads the same as the additive one.
+    with torch.no_grad():
+        torch.testing.assert_close(last_token_output(text_block, x, rows, torch.isinf(mask)),
+                                   last_token_output(text_block, x, rows, mask), rtol=0, atol=0)
     # Gradients flow as through the whole block.
     x.requires_grad_(True)
     last_token_output(text_block, x, rows, mask).sum().backward()
     assert x.grad is not None and x.grad[0, 1:].abs().sum() == 0  # row 0 of sequence 0 sees only itself
+
+
+def _full_context_prompted_text(prompted, sentences, source):
+    """The official placement computed the slow way: every sentence over the whole context, every
+    block whole, one copy of every sentence per image from the start. [B, P, D]."""
+    model, config = prompted.backbone.model, prompted.config
+    dynamic = prompted.text_dynamic(source)  # [B, length, width]
+    images, count = len(source), len(sentences)
+    x = model.token_embedding(sentences) + model.positional_embedding
+    x = x.repeat(images, 1, 1)
+    for index, block in enumerate(model.transformer.resblocks):
+        if 0 < index < config.depth:
+            prompts = prompted.text_static[index] + dynamic.repeat_interleave(count, dim=0)
+            x = torch.cat([x[:, :1], prompts, x[:, 1 + config.length:]], dim=1)
+        x = block(x, attn_mask=model.attn_mask)
+    end = sentences.argmax(dim=-1).repeat(images)
+    return (model.ln_final(x)[torch.arange(len(x)), end] @ model.text_projection).reshape(images, count, -1)
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_prompted_text_agrees_with_the_whole_context_when_prompts_reach_the_last_block_or_no_block(
+        tiny_backbone, depth):
+    """Depth 4 prompts the tiny tower's last text block (4 layers); depth 1 prompts none, so every
+    block runs before the copies per image. Both against every block run whole on the full context."""
+    torch.manual_seed(4)
+    prompted = PromptedCLIP(tiny_backbone, PromptConfig(length=2, depth=depth))
+    with torch.no_grad():
+        for prompt in prompted.learnable_parameters():
+            prompt.mul_(20)
+    sentences = tiny_backbone.tokenizer(["a pill.", "a cropped photo of a damaged pill with a crack.", "pill."])
+    source = prompted.frozen_image_embedding(torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        fast = prompted.encode_text(sentences, dynamic_source=source)
+        torch.testing.assert_close(fast, _full_context_prompted_text(prompted, sentences, source), rtol=1e-4, atol=1e-4)

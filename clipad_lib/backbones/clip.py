@@ -313,17 +313,23 @@ def last_token_output(block: nn.Module, x: torch.Tensor, rows: torch.Tensor,
         block: an open_clip ``ResidualAttentionBlock`` (any other block runs whole, then is read).
         x: [B, L, C] the block's input (batch first).
         rows: [B] int64 the token read from each sequence.
-        attn_mask: [L, L] additive mask of the full block (the text tower's causal mask), or None.
+        attn_mask: [L, L] mask of the full block (the text tower's causal mask): additive floats,
+            or booleans True where attention is not allowed (PyTorch's convention); or None.
     Returns:
         [B, C] equal to ``block(x, attn_mask=attn_mask)[b, rows[b]]``.
     """
     batch = torch.arange(x.shape[0], device=x.device)
-    if type(block) is not open_clip.transformer.ResidualAttentionBlock or hasattr(block, "ln_1_kv") \
-            or not block.attn.batch_first:
+    if type(block) is not open_clip.transformer.ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
         return block(x, attn_mask=attn_mask)[batch, rows]
+    if not block.attn.batch_first:
+        raise BackboneError("last_token_output needs batch-first blocks ([B, L, C]), as open_clip builds them")
     normed = block.ln_1(x)
-    # The query's own row of the full mask, as a per-sequence mask over the keys.
-    key_mask = attn_mask.to(x.dtype)[rows] if attn_mask is not None else None  # [B, L]
+    # The query's own row of the full mask, as a per-sequence additive mask over the keys.
+    key_mask = None
+    if attn_mask is not None:
+        key_mask = attn_mask[rows]  # [B, L]
+        key_mask = (torch.zeros_like(key_mask, dtype=x.dtype).masked_fill(key_mask, float("-inf"))
+                    if key_mask.dtype == torch.bool else key_mask.to(x.dtype))
     attended = block.attn(normed[batch, rows][:, None], normed, normed, need_weights=False,
                           key_padding_mask=key_mask)[0]
     y = x[batch, rows][:, None] + block.ls_1(attended)
