@@ -249,11 +249,7 @@ class PromptedCLIP(nn.Module):
         """
         prompted = self.config.text_active
         dynamic = self._dynamic(self.text_dynamic, dynamic_source) if prompted else None
-        needed = tokens.argmax(dim=-1) + 1
-        if prompted:  # as _encode_text_rows cuts: the prompt positions must exist / the sentence moves right
-            needed = needed.clamp_min(self.config.length + 2)
-            needed = needed + self.config.length if self.config.text_placement == "paper" else needed
-        buckets = length_buckets(needed.tolist(), max_buckets)
+        buckets = length_buckets(self._tokens_needed(tokens).tolist(), max_buckets)
         if len(buckets) == 1:
             return self._encode_text_rows(tokens, dynamic)
         order = [row for bucket in buckets for row in bucket]
@@ -261,6 +257,18 @@ class PromptedCLIP(nn.Module):
                  for bucket in buckets]
         encoded = torch.cat(parts, dim=-2)  # sentences in bucket order, [P, D] or [B, P, D]
         return encoded.index_select(-2, torch.as_tensor(order, device=encoded.device).argsort())
+
+    def _tokens_needed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[P] context positions each sentence of ``tokens`` [P, L] needs: up to its end-of-text
+        token (attention is causal and the embedding is read there, so later padding cannot change
+        it); with prompts at least positions 1..length, and in the paper placement ``length``
+        more for the sentence the inserted prompts push right."""
+        needed = tokens.argmax(dim=-1) + 1
+        if self.config.text_active:
+            needed = needed.clamp_min(self.config.length + 2)
+            if self.config.text_placement == "paper":
+                needed = needed + self.config.length
+        return needed
 
     def _encode_text_rows(self, tokens: torch.Tensor, dynamic: torch.Tensor | None) -> torch.Tensor:
         """:meth:`encode_text` of one group of sentences [P, L], given the dynamic prompts [B, length, width]."""
@@ -280,14 +288,7 @@ class PromptedCLIP(nn.Module):
         end_of_text = tokens.argmax(dim=-1)
         if prompted and paper and int(end_of_text.max()) + length >= tokens.shape[1]:
             raise BackboneError(f"a sentence is too long to insert {length} prompt tokens into the context")
-        # Attention is causal and the embedding is read at the end-of-text token, so the padding
-        # after the longest sentence cannot change the result: drop it (~5x less text compute).
-        used = int(end_of_text.max()) + 1
-        if prompted:
-            used = max(used, length + 2)  # the overwritten positions 1..length must exist
-            if paper:
-                used += length  # room for the sentence pushed right by the inserted prompts
-        used = min(used, tokens.shape[1])
+        used = min(int(self._tokens_needed(tokens).max()), tokens.shape[1])  # the padding after is dropped
         tokens = tokens[:, :used]
         attn_mask = model.attn_mask[:used, :used] if model.attn_mask is not None else None
         cast_dtype = model.transformer.get_cast_dtype()

@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import AnomalyDataset, SampleRecord, load_sample
-from ..host_memory import reuse_freed_memory_for
 from ..data.transforms import ImageTransform, TransformedDataset
+from ..host_memory import reuse_freed_memory_for
 from ..methods.base import Detector, Prediction
 from ..metrics import detection_metrics
 
